@@ -1,0 +1,1 @@
+"""Backbone networks, one module per family."""
