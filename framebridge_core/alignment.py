@@ -1,0 +1,244 @@
+"""SNR-Aligned Fine-tuning (SAF, spec §2) and the network-output parameterisations (spec §1.5).
+
+SAF feeds a pretrained diffusion network the normalised bridge state
+``z = (x_t − b·y)/√(a²+c²) = α_d·x0 + σ_d·ε`` at a float timestep ``t̃`` whose diffusion √SNR
+equals the bridge √SNR ``ρ = a/c``. Interpolation is linear in √SNR (not log-SNR).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .bridge import BridgeSchedule
+from .errors import ConfigError
+
+PARAMETERIZATIONS = ("v_aligned", "eps_psi", "eps_psi_new", "x0")
+ALIGNMENT_MODES = ("official", "exact")
+
+
+# -- diffusion schedules ---------------------------------------------------------------------
+
+
+def scaled_linear_alphas_cumprod(
+    num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> torch.Tensor:
+    """ᾱ of SD's scaled-linear schedule (LVDM ``make_beta_schedule("linear")``; VideoCrafter-1)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def cogvideox_alphas_cumprod(
+    num_steps: int = 1000,
+    beta_start: float = 0.00085,
+    beta_end: float = 0.012,
+    snr_shift_scale: float = 3.0,
+    zero_terminal_snr: bool = True,
+) -> torch.Tensor:
+    """ᾱ of CogVideoX-2B's scheduler: scaled-linear, SNR shift 3, zero-terminal-SNR rescale.
+
+    Follows diffusers' ``CogVideoXDDIMScheduler`` (spec §2.3): shift ᾱ ← ᾱ/(s + (1−s)ᾱ), then
+    rescale √ᾱ so that ᾱ_{T−1} = 0 exactly while keeping ᾱ_0.
+    """
+    ac = scaled_linear_alphas_cumprod(num_steps, beta_start, beta_end)
+    ac = ac / (snr_shift_scale + (1.0 - snr_shift_scale) * ac)
+    if zero_terminal_snr:
+        s = ac.sqrt()
+        s0, sT = s[0].clone(), s[-1].clone()
+        s = (s - sT) * s0 / (s0 - sT)
+        ac = s**2
+    return ac
+
+
+def diffusion_sqrt_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """√ᾱ/√(1−ᾱ): the diffusion √SNR table d_k (decreasing in k)."""
+    ac = torch.as_tensor(alphas_cumprod)
+    return ac.sqrt() / (1.0 - ac).sqrt()
+
+
+# -- SNR alignment ---------------------------------------------------------------------------
+
+
+def snr_aligned_timesteps(
+    schedule: BridgeSchedule,
+    alphas_cumprod: torch.Tensor,
+    mode: str = "official",
+    precision: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """The SAF timestep t̃_i for every bridge index i (float64 tensor of length T).
+
+    ``mode="official"`` reproduces COG ``bridge_scheduler.py:44-59`` / VC ``ddpm3d.py:191-208``:
+    a top region ρ_i > d_1 mapped linearly from [d_1, d_0+ρ_0] onto [1, 0] (the ``d_0 + ρ_0``
+    quirk), a cursor walk with piecewise-linear inverse interpolation, and linear extrapolation
+    to t̃ = K at ρ = 0 below the table (VideoCrafter: t̃ ∈ (999, 1000) for i ≥ 947).
+
+    ``mode="exact"`` is the clean inverse of piecewise-linear interpolation of d: ρ above d_0
+    maps to 0 and ρ below d_{K−1} to K−1, so the network only sees timesteps it was trained on.
+
+    ``precision=torch.float32`` emulates the official float32 buffers (ρ and d in float32, the
+    arithmetic in float32), to compare with a checkpoint's stored ``bridge_aligned_t``.
+    """
+    if mode not in ALIGNMENT_MODES:
+        raise ConfigError(f"unknown alignment mode {mode!r}; choose one of {', '.join(ALIGNMENT_MODES)}.")
+    ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    if ac.ndim != 1 or ac.numel() < 2:
+        raise ConfigError(f"alphas_cumprod must be a 1-D table of length >= 2, got shape {tuple(ac.shape)}.")
+    if torch.any(ac[1:] > ac[:-1]) or torch.any(ac <= -1e-12) or torch.any(ac >= 1):
+        raise ConfigError("alphas_cumprod must be non-increasing and lie in [0, 1).")
+    rho = (schedule.a.to(precision) / schedule.c.to(precision)) if precision != torch.float64 else schedule.rho
+    d = (ac.sqrt().to(precision) / (1.0 - ac).sqrt().to(precision)) if precision != torch.float64 else diffusion_sqrt_snr(ac)
+    if mode == "exact":
+        return _exact_alignment(rho.double(), d.double())
+    return _official_alignment(rho, d).double()
+
+
+def _official_alignment(rho: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Line-by-line port of the official loop; 0-d tensor arithmetic keeps the dtype semantics."""
+
+    def align(snr, sl, sr, tl, tr):
+        return tl + (snr - sl) / (sr - sl) * (tr - tl)
+
+    K = d.numel()
+    out = torch.empty(rho.numel(), dtype=torch.float64)
+    top_left = d[0] + rho[0]
+    cur = 0
+    for i in range(rho.numel()):
+        r = rho[i]
+        if r > d[1]:
+            out[i] = float(align(r, top_left, d[1], 0, 1))
+        else:
+            while cur < K - 1 and r < d[cur + 1]:
+                cur += 1
+            if r < d[K - 1]:
+                out[i] = float(align(r, d[K - 1], 0.0, K - 1, K))
+            else:
+                out[i] = float(align(r, d[cur], d[cur + 1], cur, cur + 1))
+    return out
+
+
+def _exact_alignment(rho: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    K = d.numel()
+    # d is decreasing: count how many table entries lie strictly above each ρ
+    above = torch.searchsorted(-d, -rho, right=False)  # number of k with d_k > ρ
+    k = (above - 1).clamp(0, K - 2)
+    d_left, d_right = d[k], d[k + 1]
+    frac = ((rho - d_left) / (d_right - d_left)).clamp(0.0, 1.0)
+    return k.double() + frac
+
+
+# -- aligned input and parameterisations -----------------------------------------------------
+
+
+def _coef(table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(i, int):
+        return table[i].to(like.dtype)
+    idx = torch.as_tensor(i).long().reshape(-1).to(table.device)
+    return table[idx].to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def aligned_input(x_t: torch.Tensor, y: torch.Tensor, i, schedule: BridgeSchedule) -> torch.Tensor:
+    """SAF network input ``z = (x_t − b_i·y)/√(a_i²+c_i²)`` (spec §2.1)."""
+    return (x_t - _coef(schedule.b, i, x_t) * y) / _coef(schedule.norm, i, x_t)
+
+
+def _check_param(parameterization: str) -> None:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ConfigError(
+            f"unknown parameterization {parameterization!r}; choose one of {', '.join(PARAMETERIZATIONS)}."
+        )
+
+
+def output_to_x0(
+    parameterization: str, output: torch.Tensor, x_t: torch.Tensor, y: torch.Tensor, i, schedule: BridgeSchedule
+) -> torch.Tensor:
+    """Recover x̂0 from the network output F (spec §1.5, pitfall §7.10).
+
+    * ``v_aligned`` (CogVideoX): ``x̂0 = α_d·z − σ_d·F`` with the aligned z.
+    * ``eps_psi`` (VideoCrafter, Latte): ``x̂0 = x_t − σ_i·F`` with the raw state and bridge σ.
+    * ``eps_psi_new``: ``x̂0 = (x_t − b·y − c·F)/a``.
+    * ``x0``: ``x̂0 = F``.
+    """
+    _check_param(parameterization)
+    if parameterization == "eps_psi":
+        return x_t - _coef(schedule.sigma, i, x_t) * output
+    if parameterization == "x0":
+        return output
+    a, b, c = (_coef(tbl, i, x_t) for tbl in (schedule.a, schedule.b, schedule.c))
+    if parameterization == "eps_psi_new":
+        return (x_t - b * y - c * output) / a
+    n = _coef(schedule.norm, i, x_t)
+    z = (x_t - b * y) / n
+    return (a / n) * z - (c / n) * output
+
+
+def x0_to_output(
+    parameterization: str, x0: torch.Tensor, x_t: torch.Tensor, y: torch.Tensor, i, schedule: BridgeSchedule
+) -> torch.Tensor:
+    """Inverse of :func:`output_to_x0`: the output F that a network would give for this x̂0."""
+    _check_param(parameterization)
+    if parameterization == "eps_psi":
+        return (x_t - x0) / _coef(schedule.sigma, i, x_t)
+    if parameterization == "x0":
+        return x0
+    a, b, c = (_coef(tbl, i, x_t) for tbl in (schedule.a, schedule.b, schedule.c))
+    if parameterization == "eps_psi_new":
+        return (x_t - b * y - a * x0) / c
+    n = _coef(schedule.norm, i, x_t)
+    z = (x_t - b * y) / n
+    return ((a / n) * z - x0) / (c / n)
+
+
+def training_target(
+    parameterization: str,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    noise: torch.Tensor,
+    i,
+    schedule: BridgeSchedule,
+) -> torch.Tensor:
+    """Regression target for x_t = a·x0 + b·y + c·ε (losses are plain unweighted MSE, spec §1.5).
+
+    * ``v_aligned``: ``(a·ε − c·x0)/n`` (COG ``get_v_target``; depends only on x0 and ε).
+    * ``eps_psi``: ``(x_t − x0)/σ``.
+    * ``eps_psi_new``: ``ε``.
+    * ``x0``: ``x0``.
+    """
+    _check_param(parameterization)
+    if parameterization == "x0":
+        return x0
+    if parameterization == "eps_psi_new":
+        return noise
+    a, c = _coef(schedule.a, i, x0), _coef(schedule.c, i, x0)
+    if parameterization == "v_aligned":
+        return (a * noise - c * x0) / _coef(schedule.norm, i, x0)
+    x_t = a * x0 + _coef(schedule.b, i, x0) * y + c * noise
+    return (x_t - x0) / _coef(schedule.sigma, i, x0)
+
+
+def v_to_eps_psi_loss_weight(schedule: BridgeSchedule) -> torch.Tensor:
+    """w_i with ‖Δε_ψ‖² = w_i·‖Δv‖²: ``c²/(σ²(a²+c²))`` (COG ``get_training_weights``, unused there)."""
+    return schedule.c**2 / (schedule.sigma**2 * schedule.norm**2)
+
+
+def sqrt_snr_interp(d: torch.Tensor, t_tilde: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of a √SNR table d at float timesteps (for checks)."""
+    t_tilde = torch.as_tensor(t_tilde, dtype=torch.float64)
+    k = t_tilde.floor().long().clamp(0, d.numel() - 2)
+    frac = t_tilde - k.double()
+    return d[k] + frac * (d[k + 1] - d[k])
+
+
+__all__ = [
+    "PARAMETERIZATIONS",
+    "ALIGNMENT_MODES",
+    "scaled_linear_alphas_cumprod",
+    "cogvideox_alphas_cumprod",
+    "diffusion_sqrt_snr",
+    "snr_aligned_timesteps",
+    "aligned_input",
+    "output_to_x0",
+    "x0_to_output",
+    "training_target",
+    "v_to_eps_psi_loss_weight",
+    "sqrt_snr_interp",
+]
+
