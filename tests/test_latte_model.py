@@ -175,6 +175,22 @@ def test_full_size_key_table_matches_official(name, build):
     assert 32_000_000 < n < 33_000_000  # ~130 MB fp32
 
 
+@pytest.mark.parametrize("in_channels", [4, 8])
+def test_full_size_shapes_on_meta(in_channels):
+    """Spec §8.15: [B,17,4|8,32,32] in, frame 0 dropped -> [B,16,4,32,32]."""
+    m = LatteModel(latte_s2_bridge(in_channels), device="meta")
+    x = torch.empty(2, 16, 4, 32, 32, device="meta")
+    cond = torch.empty(2, 4, 32, 32, device="meta")
+    coarse = x if in_channels == 8 else None
+    t = torch.tensor([999, 0], device="meta")
+    y = torch.tensor([3, 101], device="meta")
+    assert m.build_bridge_input(x, cond, coarse).shape == (2, 17, in_channels, 32, 32)
+    assert m(m.build_bridge_input(x, cond, coarse), t, y).shape == (2, 17, 4, 32, 32)
+    assert m.eps_psi(x, t, y, cond, coarse).shape == (2, 16, 4, 32, 32)
+    prior = LatteNeuralPrior(latte_s2_neural_prior(), device="meta")
+    assert prior(cond, y).shape == (2, 16, 4, 32, 32)
+
+
 def test_official_presets():
     b = latte_s2_bridge(8)
     assert (b.seq_frames, b.num_patches, b.num_embeddings, b.null_class) == (17, 256, 102, 101)

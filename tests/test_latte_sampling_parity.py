@@ -23,12 +23,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from framebridge_core.bridge import BridgeSchedule
 from framebridge_core.models.latte import LatteConfig, LatteModel, LatteNeuralPrior
-
-bridge = pytest.importorskip("framebridge_core.bridge")
-sampling = pytest.importorskip("framebridge_core.sampling")
-BridgeSchedule = bridge.BridgeSchedule
-sample_bridge = sampling.sample_bridge
+from framebridge_core.sampling import sample_bridge
 
 LAT = Path(__file__).parent / "fixtures" / "latte"
 META = json.loads((LAT / "meta.json").read_text())
