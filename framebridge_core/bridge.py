@@ -124,6 +124,17 @@ class BridgeSchedule:
             + self._gather(self.c, i, x0) * noise
         )
 
+    def nearest_index(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Bridge index whose σ is nearest to each value (in log space); inverse of ``sigma[i]``.
+
+        Hosts that address time by a σ value (ComfyUI's SIGMAS) use the bridge σ table, which is
+        strictly increasing in i, so the map is exact for values taken from it.
+        """
+        sigma = torch.as_tensor(sigma)
+        log_table = self.sigma.log().to(device=sigma.device, dtype=torch.float32)
+        dist = (sigma.float().clamp_min(1e-12).log().reshape(-1, 1) - log_table.reshape(1, -1)).abs()
+        return dist.argmin(dim=1).reshape(sigma.shape)
+
     # -- time grids --------------------------------------------------------------------------
 
     def timesteps(self, n: int, spacing: str = "trailing") -> list[int]:

@@ -1,15 +1,25 @@
-"""ComfyUI glue (V3 schema API). Only this package imports ComfyUI, and only lazily."""
+"""ComfyUI glue (V3 schema API). Only this package imports ComfyUI, and only when ComfyUI loads it."""
 
 from __future__ import annotations
 
 
 def node_classes() -> list:
     """Every node class of the pack, in menu order."""
-    return []
+    from .conditioning import UCF101Class
+    from .loaders import LoadFrameBridge, LoadNeuralPrior
+    from .prior import BridgePriorFromImage, NeuralPrior
+    from .sampler import BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule
+
+    return [LoadFrameBridge, LoadNeuralPrior, UCF101Class, BridgePriorFromImage, NeuralPrior,
+            BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule]
 
 
 def create_extension():
     from comfy_api.latest import ComfyExtension
+
+    from .paths import register_model_folder
+
+    register_model_folder()
 
     class FrameBridgeExtension(ComfyExtension):
         async def get_node_list(self):

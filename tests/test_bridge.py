@@ -172,3 +172,10 @@ def test_custom_schedule():
     assert s.sigma_1 == pytest.approx(math.sqrt(10.05))
     assert torch.allclose(s.a + s.b, torch.ones(10, dtype=torch.float64))
     assert s.timesteps(5) == [9, 7, 5, 3, 1]
+
+
+def test_nearest_index_inverts_the_sigma_table():
+    idx = torch.tensor([0, 1, 19, 500, 998, 999])
+    assert torch.equal(S.nearest_index(S.sigma[idx].float()), idx)
+    assert torch.equal(S.nearest_index(S.sigma.float()), torch.arange(1000))
+    assert int(S.nearest_index(torch.tensor(1e9))) == 999 and int(S.nearest_index(torch.tensor(0.0))) == 0

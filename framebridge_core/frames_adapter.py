@@ -1,0 +1,157 @@
+"""Frames-as-batch adapters: run a video network on the ``[B·T, C, H, W]`` layout hosts use.
+
+ComfyUI's SD-VAE families (SD1.5, SVD) keep a video as a batch of frames so the stock VAE
+Decode, ControlNet and upscalers work on it. The FrameBridge-Latte network wants
+``[B, T, C, H, W]`` plus a prepended condition frame. These adapters fold and unfold the layout,
+assemble the network input and return the raw ``eps_psi`` prediction per frame row, so the host
+applies ``x̂0 = x_t − σ_i·F`` with its full-precision state.
+
+Row ``b·T + f`` of a frames-as-batch tensor is frame ``f`` of video ``b``. When the host
+concatenates conditional and unconditional copies along the batch, each copy is a whole number
+of videos, so folding by ``T`` stays correct.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import ConfigError, ShapeError
+from .models.latte import LatteConfig, LatteModel, LatteNeuralPrior
+
+PRIOR_KEY = "framebridge_prior"  # transformer_options key carrying the bridge prior y
+
+
+def fold_frames(x: torch.Tensor, num_frames: int, what: str = "latent") -> torch.Tensor:
+    """``[B·T, C, H, W] -> [B, T, C, H, W]`` with a clear error when the batch is not whole videos."""
+    if x.ndim != 4:
+        raise ShapeError(f"{what} must be frames-as-batch [B·T, C, H, W], got shape {tuple(x.shape)}.")
+    if x.shape[0] % num_frames != 0:
+        raise ShapeError(
+            f"{what} has {x.shape[0]} frames, which is not a whole number of {num_frames}-frame videos; "
+            f"this model makes {num_frames}-frame videos, so build the prior with length={num_frames}."
+        )
+    return x.reshape(x.shape[0] // num_frames, num_frames, *x.shape[1:])
+
+
+def unfold_frames(x: torch.Tensor) -> torch.Tensor:
+    """``[B, T, C, H, W] -> [B·T, C, H, W]``."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _first_of_each_video(v: torch.Tensor, num_frames: int) -> torch.Tensor:
+    return v.reshape(v.shape[0] // num_frames, num_frames, *v.shape[1:])[:, 0]
+
+
+def _repeat_rows(v: torch.Tensor, rows: int, what: str) -> torch.Tensor:
+    if v.shape[0] == rows:
+        return v
+    if rows % v.shape[0] != 0:
+        raise ShapeError(f"{what} has {v.shape[0]} rows; cannot broadcast to a batch of {rows}.")
+    return v.repeat(rows // v.shape[0], *([1] * (v.ndim - 1)))
+
+
+def _as_config(config, fields: dict) -> LatteConfig:
+    """A LatteConfig from an object, a dict, or keyword fields (hosts pass the config as kwargs)."""
+    if isinstance(config, LatteConfig):
+        return config
+    return LatteConfig.from_dict(dict(config or {}, **fields))
+
+
+class LatteBridgeFrames(nn.Module):
+    """The FrameBridge-Latte bridge network on frames-as-batch tensors.
+
+    ``forward(x, t, fb_cond_frame=..., fb_class=..., transformer_options=...)``:
+
+    * ``x``: bridge state ``[B·T, C, H, W]`` (raw, not SAF-aligned: Latte has no SAF).
+    * ``t``: ``[B·T]`` bridge indices (the network timestep is the index itself).
+    * ``fb_cond_frame``: the condition (image) latent repeated per row, ``[B·T, C, H, W]``.
+    * ``fb_class``: ``[B·T]`` class labels (``config.null_class`` = unconditional).
+    * ``fb_neural_prior``: whether the prior came from the neural prior; checked against the
+      network's input channels so a mismatched pair fails with an explanation.
+    * ``transformer_options[PRIOR_KEY]``: the bridge prior y ``[B·T, C, H, W]``; read only when the
+      network takes the neural-prior coarse video as extra channels.
+
+    Returns ``eps_psi`` as ``[B·T, C, H, W]``.
+    """
+
+    def __init__(self, config=None, *, operations=None, device=None, dtype=None, attention=None, **fields):
+        super().__init__()
+        cfg = _as_config(config, fields)
+        if cfg.condition_type != "concat_pre" or not cfg.has_timestep:
+            raise ConfigError("LatteBridgeFrames needs a bridge network (concat_pre, with timestep).")
+        self.config = cfg
+        self.net = LatteModel(cfg, operations=operations, device=device, dtype=dtype, attention=attention)
+        self.dtype = dtype if dtype is not None else torch.float32
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context=None,
+        control=None,
+        transformer_options: Optional[dict] = None,
+        fb_cond_frame: Optional[torch.Tensor] = None,
+        fb_class: Optional[torch.Tensor] = None,
+        fb_neural_prior: Optional[bool] = None,
+        **_unused,
+    ) -> torch.Tensor:
+        cfg = self.config
+        T = cfg.num_frames
+        xv = fold_frames(x, T, "the bridge state")
+        if fb_cond_frame is None:
+            raise ConfigError(
+                "the conditioning has no FrameBridge image latent: route positive and negative through "
+                "'Bridge Prior from Image' before the sampler."
+            )
+        cond = _first_of_each_video(_repeat_rows(fb_cond_frame, x.shape[0], "the image latent"), T)
+        labels = None
+        if fb_class is not None:
+            labels = _first_of_each_video(_repeat_rows(fb_class.reshape(-1), x.shape[0], "the class label"), T)
+        tt = _first_of_each_video(t.reshape(-1), T)
+        if fb_neural_prior is not None and bool(fb_neural_prior) != cfg.prior_concat:
+            if cfg.prior_concat:
+                raise ConfigError(
+                    "this FrameBridge model was trained with the neural prior (8 input channels): put "
+                    "'Neural Prior' between 'Bridge Prior from Image' and the sampler."
+                )
+            raise ConfigError(
+                "this FrameBridge model does not take a neural prior (4 input channels), but the prior "
+                "came from 'Neural Prior': remove that node, or load the FrameBridge model trained with it."
+            )
+        coarse = None
+        if cfg.prior_concat:
+            prior = (transformer_options or {}).get(PRIOR_KEY)
+            if prior is None:
+                raise ConfigError(
+                    "this FrameBridge model takes the neural prior as extra input channels, but the "
+                    "sampler gave no prior; sample it with 'Bridge Sampler' or the Bridge SAMPLER."
+                )
+            coarse = fold_frames(_repeat_rows(prior, x.shape[0], "the prior").to(xv.dtype), T, "the prior")
+        x_in = self.net.build_bridge_input(xv, cond.to(xv.dtype), coarse)
+        out = self.net(x_in, tt, labels, drop_condition_frame=True)[:, :, : cfg.latent_channels]
+        return unfold_frames(out)
+
+
+class LatteNeuralPriorFrames(nn.Module):
+    """The neural prior network on frames-as-batch tensors: one deterministic pass.
+
+    ``forward(prior, labels)`` with ``prior`` the static prior ``[B·T, C, H, W]`` (its first frame
+    of each video is the image latent) and ``labels`` ``[B]``; returns the coarse video
+    ``[B·T, C, H, W]``.
+    """
+
+    def __init__(self, config=None, *, operations=None, device=None, dtype=None, attention=None, **fields):
+        super().__init__()
+        cfg = _as_config(config, fields)
+        self.config = cfg
+        self.net = LatteNeuralPrior(cfg, operations=operations, device=device, dtype=dtype, attention=attention)
+
+    def forward(self, prior: torch.Tensor, labels=None) -> torch.Tensor:
+        first = fold_frames(prior, self.config.num_frames, "the prior")[:, :1]
+        return unfold_frames(self.net(first, labels))
+
+
+__all__ = ["PRIOR_KEY", "fold_frames", "unfold_frames", "LatteBridgeFrames", "LatteNeuralPriorFrames"]

@@ -1,0 +1,140 @@
+"""Load FrameBridge (a bridge network as MODEL) and Load Neural Prior (FB_PRIOR_NET)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.model_patcher
+
+from ..framebridge_core.checkpoints import (
+    LATTE_BRIDGE,
+    LATTE_NEURAL_PRIOR,
+    detect_family,
+    load_state_dict,
+    normalize_state_dict,
+)
+from ..framebridge_core.errors import CheckpointError
+from ..framebridge_core.frames_adapter import LatteNeuralPriorFrames
+from .models import build_latte_patcher, comfy_attention
+from .paths import full_path, model_files
+
+CATEGORY = "FrameBridge/loaders"
+WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+PriorNet = io.Custom("FB_PRIOR_NET")
+
+
+@dataclass
+class NeuralPriorNet:
+    """A loaded neural prior network: a ModelPatcher (so ComfyUI manages its memory) + config."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    config: object
+    source: str
+
+
+def _read(ckpt_name: str):
+    path = full_path(ckpt_name)
+    sd, meta = load_state_dict(path)
+    info = detect_family(sd, meta)
+    sd, _, _ = normalize_state_dict(sd)
+    return path, sd, info
+
+
+def _fingerprint(ckpt_name: str):
+    try:
+        path = full_path(ckpt_name)
+        st = os.stat(path)
+        return (path, st.st_mtime, st.st_size)
+    except Exception:  # a missing file is reported by execute, with a clear message
+        return float("nan")
+
+
+class LoadFrameBridge(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_LoadFrameBridge",
+            display_name="Load FrameBridge",
+            category=CATEGORY,
+            description=(
+                "Loads a FrameBridge image-to-video bridge model from models/framebridge (or any folder "
+                "named 'framebridge' in extra_model_paths.yaml). The model family and size are read from "
+                "the weights, not the file name. Supported: FrameBridge-Latte (UCF-101, with or without "
+                "neural prior). Neural prior files go in 'Load Neural Prior'."
+            ),
+            inputs=[
+                io.Combo.Input("ckpt_name", options=model_files(),
+                               tooltip="Weights file in models/framebridge: the official {\"ema\": ...} .pt "
+                                       "or a .safetensors."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip="Precision of the weights. 'default' lets ComfyUI choose for your device "
+                                       "(the official Latte model ran in fp32)."),
+            ],
+            outputs=[io.Model.Output(tooltip="The bridge network as a ComfyUI MODEL: use it with Bridge Sampler "
+                                             "or a CFGGuider + Bridge SAMPLER in SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, ckpt_name, weight_dtype):
+        return _fingerprint(ckpt_name), weight_dtype
+
+    @classmethod
+    def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
+        path, sd, info = _read(ckpt_name)
+        if info.name == LATTE_NEURAL_PRIOR:
+            raise CheckpointError(
+                f"'{ckpt_name}' is a FrameBridge neural prior network, not a bridge model: load it with "
+                f"'Load Neural Prior' and connect it to the 'Neural Prior' node."
+            )
+        if info.name != LATTE_BRIDGE:
+            raise CheckpointError(f"'{ckpt_name}' is a '{info.name}' checkpoint; Load FrameBridge supports "
+                                  f"FrameBridge-Latte bridge models.")
+        return io.NodeOutput(build_latte_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
+
+
+class LoadNeuralPrior(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_LoadNeuralPrior",
+            display_name="Load Neural Prior",
+            category=CATEGORY,
+            description=(
+                "Loads a FrameBridge neural prior network (the official 'nwarp' model) from "
+                "models/framebridge. It predicts a coarse video from the image in one pass; FrameBridge "
+                "models trained with it then bridge from that coarse video instead of the still image."
+            ),
+            inputs=[
+                io.Combo.Input("ckpt_name", options=model_files(),
+                               tooltip="Neural prior weights (keys 'nwarp_model.*' in the official .pt)."),
+            ],
+            outputs=[PriorNet.Output(display_name="prior_net", tooltip="Connect to 'Neural Prior'.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, ckpt_name):
+        return _fingerprint(ckpt_name)
+
+    @classmethod
+    def execute(cls, ckpt_name) -> io.NodeOutput:
+        path, sd, info = _read(ckpt_name)
+        if info.name != LATTE_NEURAL_PRIOR:
+            raise CheckpointError(
+                f"'{ckpt_name}' is a '{info.name}' checkpoint, not a neural prior network: load bridge "
+                f"models with 'Load FrameBridge'."
+            )
+        net = LatteNeuralPriorFrames(info.config, attention=comfy_attention)
+        try:
+            net.net.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"'{ckpt_name}' does not fit the detected neural prior config: {exc}") from exc
+        net.eval()
+        patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+        return io.NodeOutput(NeuralPriorNet(patcher=patcher, config=info.config, source=path))

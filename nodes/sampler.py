@@ -1,0 +1,205 @@
+"""Bridge sampling inside ComfyUI's own sampling stack.
+
+``BridgeSampler`` is a ``comfy.samplers.Sampler`` driven by a ``CFGGuider``: conditioning, CFG,
+LoRA, hooks and model patches flow through ComfyUI's model call; the update rule is
+``framebridge_core.sampling``. The all-in-one node and the SAMPLER + SIGMAS pair run the same
+code and give identical results for the same seed.
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..framebridge_core.bridge import SPACINGS
+from ..framebridge_core.errors import ConfigError, ShapeError
+from ..framebridge_core.frames_adapter import PRIOR_KEY
+from ..framebridge_core.sampling import METHODS, sample_bridge
+from .prior import require_bridge_model
+
+CATEGORY = "FrameBridge/sampling"
+_SEED_MIX = 0x9E3779B97F4A7C15
+
+
+def step_noise_generator(seed: int) -> torch.Generator:
+    """CPU generator for the noise of steps after the first (seed-derived, device independent)."""
+    return torch.Generator("cpu").manual_seed((int(seed) * _SEED_MIX + 1) % (2**63))
+
+
+class BridgeSampler(comfy.samplers.Sampler):
+    """First-order bridge sampler (SDE, ODE or mixed) for FrameBridge MODELs.
+
+    The latent image is the prior: sampling starts there with no noise. The ``noise`` tensor the
+    guider passes in is used by the first step; later steps draw from a seed-derived CPU
+    generator, so results do not depend on the device.
+    """
+
+    def __init__(self, method: str = "sde", eta: float = 0.5):
+        if method not in METHODS:
+            raise ConfigError(f"unknown bridge method {method!r}; choose one of {', '.join(METHODS)}.")
+        self.method = method
+        self.eta = float(eta)
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        ms = model_wrap.inner_model.model_sampling
+        schedule = getattr(ms, "schedule", None)
+        if schedule is None:
+            raise ConfigError(
+                "the Bridge sampler needs a FrameBridge MODEL from 'Load FrameBridge' (a ModelSampling node "
+                "after the loader would also replace the bridge schedule: remove it)."
+            )
+        if latent_image is None:
+            raise ConfigError("the Bridge sampler needs the prior as latent_image.")
+        positive = sigmas[sigmas > 0]
+        if positive.numel() == 0:
+            raise ConfigError("the SIGMAS are empty; use 'Bridge Schedule' to make them.")
+        grid = schedule.nearest_index(positive.cpu()).tolist()
+        table = ms.sigmas.to(latent_image.device)
+        prior = latent_image
+        extra_args["model_options"].setdefault("transformer_options", {})[PRIOR_KEY] = prior
+        seed = extra_args.get("seed") or 0
+        gen = step_noise_generator(seed)
+        s_in = prior.new_ones(prior.shape[0])
+
+        def denoise(x, i, y):
+            return model_wrap(x, table[i] * s_in, **extra_args)
+
+        def step_noise(k, like):
+            if k == 0 and noise is not None and noise.shape == like.shape:
+                return noise
+            return torch.randn(like.shape, generator=gen, dtype=torch.float32).to(like)
+
+        def report(info):
+            mm.throw_exception_if_processing_interrupted()
+            if callback is not None:
+                callback(info["step"], info["denoised"], info["x"], info["total"])
+
+        return sample_bridge(denoise, prior, schedule, grid, method=self.method, eta=self.eta,
+                             callback=report, noise=step_noise)
+
+
+def bridge_sigmas(model, steps: int, spacing: str) -> torch.Tensor:
+    """Descending bridge σ at the grid indices, with the closing 0 ComfyUI's SIGMAS carry."""
+    info = require_bridge_model(model, "Bridge Schedule")
+    grid = info.schedule.timesteps(steps, spacing)
+    sig = info.schedule.sigma[grid].float()
+    return torch.cat([sig, sig.new_zeros(1)])
+
+
+def _check_prior(info, samples: torch.Tensor) -> None:
+    want = (info.latent_channels, info.latent_size, info.latent_size)
+    if samples.ndim != 4 or tuple(samples.shape[1:]) != want:
+        raise ShapeError(
+            f"the prior latent has shape {tuple(samples.shape)}, but this FrameBridge model samples "
+            f"[frames, {want[0]}, {want[1]}, {want[2]}] latents; make it with 'Bridge Prior from Image'."
+        )
+    if samples.shape[0] % info.num_frames:
+        raise ShapeError(
+            f"the prior has {samples.shape[0]} frames, not a multiple of the model's {info.num_frames}; "
+            f"make it with 'Bridge Prior from Image' (length={info.num_frames})."
+        )
+
+
+def _method_inputs():
+    return [
+        io.Combo.Input("method", options=list(METHODS), default="sde",
+                       tooltip="sde: the official first-order bridge SDE. ode: deterministic after the first "
+                               "step. mixed: injects a fraction eta of the SDE noise."),
+        io.Float.Input("eta", default=0.5, min=0.0, max=1.0, step=0.05,
+                       tooltip="Noise fraction for 'mixed' (1 = sde, 0 = ode); ignored otherwise."),
+    ]
+
+
+def _schedule_inputs():
+    return [
+        io.Int.Input("steps", default=50, min=1, max=1000,
+                     tooltip="Network evaluations (x2 with cfg != 1). The official Latte sampler used 1000 "
+                             "(250 in early configs): much slower for a small gain."),
+        io.Combo.Input("spacing", options=list(SPACINGS), default="iddpm",
+                       tooltip="Which bridge indices to visit: iddpm (official Latte, includes index 0), "
+                               "trailing (official VideoCrafter/CogVideoX, starts at 999), uniform "
+                               "(VideoCrafter's default; starts far from the prior: not recommended)."),
+    ]
+
+
+class BridgeSamplerNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_BridgeSampler",
+            display_name="Bridge Sampler",
+            category=CATEGORY,
+            description=(
+                "Samples a video with a FrameBridge model, starting from the prior (not from noise). "
+                "Identical to SamplerCustomAdvanced with CFGGuider + 'Bridge SAMPLER' + 'Bridge Schedule'."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="From 'Load FrameBridge'."),
+                io.Conditioning.Input("positive", tooltip="From 'Bridge Prior from Image' (or 'Neural Prior')."),
+                io.Conditioning.Input("negative", tooltip="Unconditional branch (null class)."),
+                io.Latent.Input("prior", tooltip="The bridge prior: where sampling starts."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the noise the SDE steps inject; the same seed gives the same video on any device."),
+                *_schedule_inputs(),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance on the class label (official Latte: 7.0). 1 disables it and halves the cost."),
+                *_method_inputs(),
+            ],
+            outputs=[io.Latent.Output(tooltip="The video latent, frames-as-batch: decode with VAE Decode.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, prior, seed, steps, spacing, cfg, method, eta) -> io.NodeOutput:
+        info = require_bridge_model(model, "Bridge Sampler")
+        samples = prior["samples"]
+        _check_prior(info, samples)
+        noise = torch.randn(samples.shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=samples.dtype)
+        sigmas = bridge_sigmas(model, steps, spacing)
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, {})
+        out = guider.sample(noise, samples, BridgeSampler(method, eta), sigmas, denoise_mask=None, callback=callback,
+                            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out = out.to(mm.intermediate_device())
+        return io.NodeOutput({"samples": out})
+
+
+class BridgeSamplerSelect(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_BridgeSamplerSelect",
+            display_name="Bridge SAMPLER",
+            category=CATEGORY,
+            description="The bridge sampler as a SAMPLER for SamplerCustomAdvanced; give it the prior as latent_image.",
+            inputs=_method_inputs(),
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, method, eta) -> io.NodeOutput:
+        return io.NodeOutput(BridgeSampler(method, eta))
+
+
+class BridgeSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_BridgeSchedule",
+            display_name="Bridge Schedule",
+            category=CATEGORY,
+            description="The bridge time grid as SIGMAS (bridge σ at the visited indices, then 0) for SamplerCustomAdvanced.",
+            inputs=[io.Model.Input("model", tooltip="From 'Load FrameBridge'."), *_schedule_inputs()],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, steps, spacing) -> io.NodeOutput:
+        return io.NodeOutput(bridge_sigmas(model, steps, spacing))
