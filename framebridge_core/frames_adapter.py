@@ -110,6 +110,14 @@ class LatteBridgeFrames(nn.Module):
         labels = None
         if fb_class is not None:
             labels = _first_of_each_video(_repeat_rows(fb_class.reshape(-1), x.shape[0], "the class label"), T)
+            bad = labels[(labels < 0) | (labels >= cfg.num_embeddings)]
+            if bad.numel():
+                null = f", or {cfg.null_class} for unconditional" if cfg.null_class is not None else ""
+                raise ConfigError(
+                    f"class index {int(bad[0])} is out of range for this model: it has {cfg.num_classes} "
+                    f"classes (0..{cfg.num_classes - 1}{null}). Pick a class this model was trained on in "
+                    f"the class conditioning node (e.g. 'FrameBridge UCF-101 Class' for UCF-101 models)."
+                )
         tt = _first_of_each_video(t.reshape(-1), T)
         if fb_neural_prior is not None and bool(fb_neural_prior) != cfg.prior_concat:
             if cfg.prior_concat:

@@ -115,6 +115,8 @@ def test_neural_prior_pairing_errors():
     assert out.shape == (T, 4, 4, 4) and torch.isfinite(out).all()
     with pytest.raises(ConfigError, match="Bridge Prior from Image"):
         four(x, t)
+    with pytest.raises(ConfigError, match=r"class index 34 is out of range.*5 classes \(0\.\.4, or 5 for unconditional\)"):
+        four(x, t, fb_cond_frame=x, fb_class=torch.full((T,), 34))
 
 
 def test_neural_prior_frames_uses_the_first_frame_of_each_video():
