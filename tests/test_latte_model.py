@@ -16,6 +16,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from framebridge_core.errors import ConfigError, ShapeError
+from latte_fixture import LAT, TOL, fixture_weights, tiny_config
 from framebridge_core.models.latte import (
     LatteConfig,
     LatteModel,
@@ -27,24 +28,10 @@ from framebridge_core.models.latte import (
 )
 
 FIX = Path(__file__).parent / "fixtures"
-LAT = FIX / "latte"
-META = json.loads((LAT / "meta.json").read_text())
-TOL = 1e-5
-
-
-def tiny_config(**kw) -> LatteConfig:
-    o = META["official_kwargs"]
-    base = dict(input_size=o["input_size"], patch_size=o["patch_size"], in_channels=4,
-                out_channels=4, hidden_size=o["hidden_size"], depth=o["depth"],
-                num_heads=o["num_heads"], mlp_ratio=o["mlp_ratio"], num_frames=o["num_frames"],
-                num_classes=o["num_classes"], class_dropout=True, condition_type="concat_pre",
-                has_timestep=True, learn_sigma=False)
-    base.update(kw)
-    return LatteConfig(**base)
 
 
 def weights(name):
-    return {k: v.float() for k, v in load_file(str(LAT / f"{name}.safetensors")).items()}
+    return fixture_weights(name)
 
 
 @pytest.fixture(scope="module")

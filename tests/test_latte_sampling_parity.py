@@ -16,35 +16,17 @@ Here the same thing is reproduced with framebridge_core's schedule and sampler:
 ``denoise(x, i, y) = x - sigma_i * eps_psi(cat([cond, x], frames), t=i, label)[:, 1:]``.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from framebridge_core.bridge import BridgeSchedule
-from framebridge_core.models.latte import LatteConfig, LatteModel, LatteNeuralPrior
+from latte_fixture import LAT, META, TOL, fixture_weights, tiny_config
+from framebridge_core.models.latte import LatteModel, LatteNeuralPrior
 from framebridge_core.sampling import sample_bridge
 
-LAT = Path(__file__).parent / "fixtures" / "latte"
-META = json.loads((LAT / "meta.json").read_text())
-TOL = 1e-5
-
-
-def _cfg(**kw) -> LatteConfig:
-    o = META["official_kwargs"]
-    base = dict(input_size=o["input_size"], patch_size=o["patch_size"], in_channels=4,
-                out_channels=4, hidden_size=o["hidden_size"], depth=o["depth"],
-                num_heads=o["num_heads"], mlp_ratio=o["mlp_ratio"], num_frames=o["num_frames"],
-                num_classes=o["num_classes"])
-    base.update(kw)
-    return LatteConfig(**base)
-
-
 def _load(module, name):
-    sd = {k: v.float() for k, v in load_file(str(LAT / f"{name}.safetensors")).items()}
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(fixture_weights(name), strict=True)
     return module.eval()
 
 
@@ -80,7 +62,7 @@ def test_iddpm_grid_is_latte_space_timesteps(schedule):
 @torch.no_grad()
 def test_static_prior_sampling_matches_official(case, rec, schedule):
     info = META["sampling_cases"][case]
-    model = _load(LatteModel(_cfg()), info["weights"])
+    model = _load(LatteModel(tiny_config()), info["weights"])
     cond, label = rec[f"{case}.cond"], rec[f"{case}.label"]
     prior = cond[:, None].repeat(1, META["official_kwargs"]["num_frames"], 1, 1, 1)
     noise = [rec[f"{case}.noise.{j}"] for j in range(META["steps"] - 1)]
@@ -97,8 +79,8 @@ def test_static_prior_sampling_matches_official(case, rec, schedule):
 def test_neural_prior_sampling_matches_official(rec, schedule):
     case = "nwarp_bridge8_cfg7"
     info = META["sampling_cases"][case]
-    nwarp = _load(LatteNeuralPrior(_cfg(condition_type=None, has_timestep=False)), "weights_nwarp")
-    model = _load(LatteModel(_cfg(in_channels=8)), info["weights"])
+    nwarp = _load(LatteNeuralPrior(tiny_config(condition_type=None, has_timestep=False)), "weights_nwarp")
+    model = _load(LatteModel(tiny_config(in_channels=8)), info["weights"])
     cond, label = rec[f"{case}.cond"], rec[f"{case}.label"]
     coarse = nwarp(cond, label)
     assert (coarse - rec[f"{case}.coarse"]).abs().max().item() < TOL
@@ -114,7 +96,7 @@ def test_neural_prior_sampling_matches_official(rec, schedule):
 def test_recorded_noise_matters(rec, schedule):
     """Guard against a vacuous parity: other noise gives a clearly different output."""
     case = "bridge4_nocfg"
-    model = _load(LatteModel(_cfg()), "weights_bridge4")
+    model = _load(LatteModel(tiny_config()), "weights_bridge4")
     cond, label = rec[f"{case}.cond"], rec[f"{case}.label"]
     prior = cond[:, None].repeat(1, 4, 1, 1, 1)
     noise = [torch.zeros_like(rec[f"{case}.noise.{j}"]) for j in range(META["steps"] - 1)]
