@@ -131,7 +131,7 @@ class LoadNeuralPrior(io.ComfyNode):
             )
         net = LatteNeuralPriorFrames(info.config, attention=comfy_attention)
         try:
-            net.net.load_state_dict(sd, strict=True)
+            net.net.nwarp_model.load_state_dict(sd, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"'{ckpt_name}' does not fit the detected neural prior config: {exc}") from exc
         net.eval()

@@ -122,7 +122,7 @@ class NeuralPrior(io.ComfyNode):
             inputs=[
                 PriorNet.Input("prior_net", tooltip="From 'Load Neural Prior'."),
                 io.Conditioning.Input("positive", tooltip="From 'Bridge Prior from Image'; its class label conditions the prior net."),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("negative", tooltip="Unconditional branch (null class); passed through with the neural-prior flag."),
                 io.Latent.Input("prior", tooltip="The image prior from 'Bridge Prior from Image'."),
             ],
             outputs=[

@@ -13,11 +13,6 @@ NP = "FrameBridge-Latte-NeuralPrior-I2V"
 # nodes/loaders.py LoadNeuralPrior.execute loads the prefix-stripped state dict into
 # net.net (a LatteNeuralPrior whose keys carry 'nwarp_model.'), so every neural prior file fails
 # with "does not fit the detected neural prior config". Remove once fixed.
-NEURAL_PRIOR_LOADER_BUG = pytest.mark.xfail(
-    reason="nodes/loaders.py:134 LoadNeuralPrior loads 'nwarp_model.'-stripped keys into LatteNeuralPrior "
-           "(should be net.net.nwarp_model.load_state_dict)", strict=False)
-
-
 def _set(host, prompt, class_type, **inputs):
     prompt[host.node_id(prompt, class_type)]["inputs"].update(inputs)
     return prompt
@@ -65,7 +60,7 @@ CASES = [
      ["neural prior (8 input channels)", "'Neural Prior'"]),
     pytest.param(four_channel_model_with_neural_prior, "FB_BridgeSampler", "ConfigError",
                  ["does not take a neural prior", "4 input channels", "'Neural Prior'"],
-                 marks=NEURAL_PRIOR_LOADER_BUG, id="four_channel_model_with_neural_prior"),
+                 id="four_channel_model_with_neural_prior"),
     (sixteen_channel_vae, "FB_BridgePriorFromImage", "ShapeError",
      ["16-channel latents", "4-channel latents", "sd-vae-ft-ema"]),
 ]

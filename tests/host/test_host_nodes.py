@@ -31,13 +31,7 @@ def test_pack_loaded_from_the_linked_checkout(host):
     assert Path(dirs["ComfyUI-FrameBridge"]).resolve() == REPO
 
 
-_NO_TOOLTIP = pytest.mark.xfail(
-    reason="nodes/prior.py NeuralPrior.define_schema: io.Conditioning.Input('negative') has no tooltip",
-    strict=False)
-
-
-@pytest.mark.parametrize("node", [pytest.param(n, marks=_NO_TOOLTIP) if n == "FB_NeuralPrior" else n
-                                  for n in FB_NODES])
+@pytest.mark.parametrize("node", FB_NODES)
 def test_every_input_has_a_tooltip(host, node):
     inputs = host.node_class(node).INPUT_TYPES()
     missing = []

@@ -21,11 +21,6 @@ NP = "FrameBridge-Latte-NeuralPrior-I2V"
 # nodes/loaders.py LoadNeuralPrior.execute loads the prefix-stripped state dict into
 # net.net (a LatteNeuralPrior whose keys carry 'nwarp_model.'), so every neural prior file fails
 # with "does not fit the detected neural prior config". Remove once fixed.
-NEURAL_PRIOR_LOADER_BUG = pytest.mark.xfail(
-    reason="nodes/loaders.py:134 LoadNeuralPrior loads 'nwarp_model.'-stripped keys into LatteNeuralPrior "
-           "(should be net.net.nwarp_model.load_state_dict)", strict=False)
-
-
 def sampler_id(host, prompt) -> str:
     ids = [nid for nid, n in prompt.items() if n["class_type"] in SAMPLERS]
     assert len(ids) == 1
@@ -44,8 +39,7 @@ def test_the_three_workflows_are_there():
                          "FrameBridge-Latte-NeuralPrior-I2V"]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=NEURAL_PRIOR_LOADER_BUG) if n == NP else n
-                                  for n in API_NAMES])
+@pytest.mark.parametrize("name", API_NAMES)
 def test_api_twin_runs_end_to_end(host, name):
     torch = pytest.importorskip("torch")
     from PIL import Image
@@ -97,7 +91,7 @@ def test_samplercustomadvanced_equals_bridge_sampler_for_the_same_seed(host):
     assert float((custom - other).abs().max()) > 1e-3, "a different seed should give a different video"
 
 
-@pytest.mark.parametrize("name", ["FrameBridge-Latte-I2V", pytest.param(NP, marks=NEURAL_PRIOR_LOADER_BUG)])
+@pytest.mark.parametrize("name", ["FrameBridge-Latte-I2V", NP])
 def test_the_same_prompt_twice_gives_the_same_video(host, name):
     torch = pytest.importorskip("torch")
     prompt = host.lower_steps(host.load_api(name), 4)
