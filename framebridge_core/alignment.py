@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .bridge import BridgeSchedule
+from .bridge import BridgeSchedule, gather
 from .errors import ConfigError
 
 PARAMETERIZATIONS = ("v_aligned", "eps_psi", "eps_psi_new", "x0")
@@ -128,16 +128,15 @@ def _exact_alignment(rho: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 # -- aligned input and parameterisations -----------------------------------------------------
 
 
-def _coef(table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(i, int):
-        return table[i].to(like.dtype)
-    idx = torch.as_tensor(i).long().reshape(-1).to(table.device)
-    return table[idx].to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+def _vp_coords(x_t: torch.Tensor, y: torch.Tensor, i, schedule: BridgeSchedule):
+    """``(a, b, c, n, z)`` at index i: the bridge coefficients and the aligned state z."""
+    a, b, c, n = (gather(tbl, i, x_t) for tbl in (schedule.a, schedule.b, schedule.c, schedule.norm))
+    return a, b, c, n, (x_t - b * y) / n
 
 
 def aligned_input(x_t: torch.Tensor, y: torch.Tensor, i, schedule: BridgeSchedule) -> torch.Tensor:
     """SAF network input ``z = (x_t − b_i·y)/√(a_i²+c_i²)`` (spec §2.1)."""
-    return (x_t - _coef(schedule.b, i, x_t) * y) / _coef(schedule.norm, i, x_t)
+    return (x_t - gather(schedule.b, i, x_t) * y) / gather(schedule.norm, i, x_t)
 
 
 def _check_param(parameterization: str) -> None:
@@ -159,14 +158,12 @@ def output_to_x0(
     """
     _check_param(parameterization)
     if parameterization == "eps_psi":
-        return x_t - _coef(schedule.sigma, i, x_t) * output
+        return x_t - gather(schedule.sigma, i, x_t) * output
     if parameterization == "x0":
         return output
-    a, b, c = (_coef(tbl, i, x_t) for tbl in (schedule.a, schedule.b, schedule.c))
+    a, b, c, n, z = _vp_coords(x_t, y, i, schedule)
     if parameterization == "eps_psi_new":
         return (x_t - b * y - c * output) / a
-    n = _coef(schedule.norm, i, x_t)
-    z = (x_t - b * y) / n
     return (a / n) * z - (c / n) * output
 
 
@@ -176,14 +173,12 @@ def x0_to_output(
     """Inverse of :func:`output_to_x0`: the output F that a network would give for this x̂0."""
     _check_param(parameterization)
     if parameterization == "eps_psi":
-        return (x_t - x0) / _coef(schedule.sigma, i, x_t)
+        return (x_t - x0) / gather(schedule.sigma, i, x_t)
     if parameterization == "x0":
         return x0
-    a, b, c = (_coef(tbl, i, x_t) for tbl in (schedule.a, schedule.b, schedule.c))
+    a, b, c, n, z = _vp_coords(x_t, y, i, schedule)
     if parameterization == "eps_psi_new":
         return (x_t - b * y - a * x0) / c
-    n = _coef(schedule.norm, i, x_t)
-    z = (x_t - b * y) / n
     return ((a / n) * z - x0) / (c / n)
 
 
@@ -207,11 +202,11 @@ def training_target(
         return x0
     if parameterization == "eps_psi_new":
         return noise
-    a, c = _coef(schedule.a, i, x0), _coef(schedule.c, i, x0)
+    a, c = gather(schedule.a, i, x0), gather(schedule.c, i, x0)
     if parameterization == "v_aligned":
-        return (a * noise - c * x0) / _coef(schedule.norm, i, x0)
-    x_t = a * x0 + _coef(schedule.b, i, x0) * y + c * noise
-    return (x_t - x0) / _coef(schedule.sigma, i, x0)
+        return (a * noise - c * x0) / gather(schedule.norm, i, x0)
+    x_t = a * x0 + gather(schedule.b, i, x0) * y + c * noise
+    return (x_t - x0) / gather(schedule.sigma, i, x0)
 
 
 def v_to_eps_psi_loss_weight(schedule: BridgeSchedule) -> torch.Tensor:

@@ -100,14 +100,6 @@ class BridgeSchedule:
 
     # -- forward process ---------------------------------------------------------------------
 
-    def _gather(self, table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
-        """Table values at index/indices ``i``, shaped to broadcast over a batch-first ``like``."""
-        if isinstance(i, int):
-            return table[i].to(like.dtype)
-        idx = torch.as_tensor(i, device=table.device).long().reshape(-1)
-        vals = table[idx].to(device=like.device, dtype=like.dtype)
-        return vals.reshape(-1, *([1] * (like.ndim - 1)))
-
     def check_index(self, i) -> None:
         idx = torch.as_tensor(i)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_steps):
@@ -119,9 +111,9 @@ class BridgeSchedule:
         """Sample the marginal x_i = a_i·x0 + b_i·y + c_i·ε (spec §1.3). ``i``: int or [B] tensor."""
         self.check_index(i)
         return (
-            self._gather(self.a, i, x0) * x0
-            + self._gather(self.b, i, x0) * y
-            + self._gather(self.c, i, x0) * noise
+            gather(self.a, i, x0) * x0
+            + gather(self.b, i, x0) * y
+            + gather(self.c, i, x0) * noise
         )
 
     def nearest_index(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -169,6 +161,14 @@ class BridgeSchedule:
         else:
             raise ConfigError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
         return idx
+
+
+def gather(table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
+    """Table values at index/indices ``i`` (int or [B]), shaped to broadcast over a batch-first ``like``."""
+    if isinstance(i, int):
+        return table[i].to(like.dtype)
+    idx = torch.as_tensor(i).long().reshape(-1).to(table.device)
+    return table[idx].to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _iddpm_space_timesteps(num_timesteps: int, count: int) -> set[int]:

@@ -16,6 +16,7 @@ from ..framebridge_core.checkpoints import (
     LATTE_NEURAL_PRIOR,
     detect_family,
     load_state_dict,
+    load_weights_strict,
     normalize_state_dict,
 )
 from ..framebridge_core.errors import CheckpointError
@@ -130,10 +131,7 @@ class LoadNeuralPrior(io.ComfyNode):
                 f"models with 'Load FrameBridge'."
             )
         net = LatteNeuralPriorFrames(info.config, attention=comfy_attention)
-        try:
-            net.net.nwarp_model.load_state_dict(sd, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"'{ckpt_name}' does not fit the detected neural prior config: {exc}") from exc
+        load_weights_strict(net.net.nwarp_model, sd, "FrameBridge-Latte neural prior network")
         net.eval()
         patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())

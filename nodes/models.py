@@ -20,7 +20,7 @@ import comfy.model_patcher
 import comfy.supported_models_base
 
 from ..framebridge_core.bridge import BridgeSchedule
-from ..framebridge_core.errors import CheckpointError
+from ..framebridge_core.checkpoints import load_weights_strict
 from ..framebridge_core.frames_adapter import LatteBridgeFrames
 
 ATTACHMENT = "framebridge"
@@ -148,10 +148,7 @@ def build_latte_patcher(config, state_dict: dict, weight_dtype=None):
     load_device, dtype, manual_cast = _pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(dtype, manual_cast)
     model = FrameBridgeLatte(model_config, device=mm.unet_inital_load_device(params, dtype))
-    try:
-        model.diffusion_model.net.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"the weights do not fit the detected FrameBridge-Latte config: {exc}") from exc
+    load_weights_strict(model.diffusion_model.net, state_dict, "FrameBridge-Latte bridge network")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
     patcher.set_attachments(ATTACHMENT, BridgeInfo(
         family="latte",

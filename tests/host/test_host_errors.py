@@ -10,9 +10,6 @@ pytestmark = pytest.mark.host
 I2V = "FrameBridge-Latte-I2V"
 NP = "FrameBridge-Latte-NeuralPrior-I2V"
 
-# nodes/loaders.py LoadNeuralPrior.execute loads the prefix-stripped state dict into
-# net.net (a LatteNeuralPrior whose keys carry 'nwarp_model.'), so every neural prior file fails
-# with "does not fit the detected neural prior config". Remove once fixed.
 def _set(host, prompt, class_type, **inputs):
     prompt[host.node_id(prompt, class_type)]["inputs"].update(inputs)
     return prompt

@@ -18,9 +18,6 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"MarkdownNote", "Note", "Reroute", "PrimitiveNode"}
 NP = "FrameBridge-Latte-NeuralPrior-I2V"
 
-# nodes/loaders.py LoadNeuralPrior.execute loads the prefix-stripped state dict into
-# net.net (a LatteNeuralPrior whose keys carry 'nwarp_model.'), so every neural prior file fails
-# with "does not fit the detected neural prior config". Remove once fixed.
 def sampler_id(host, prompt) -> str:
     ids = [nid for nid, n in prompt.items() if n["class_type"] in SAMPLERS]
     assert len(ids) == 1
