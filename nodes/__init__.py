@@ -5,12 +5,12 @@ from __future__ import annotations
 
 def node_classes() -> list:
     """Every node class of the pack, in menu order."""
-    from .conditioning import UCF101Class
+    from .conditioning import CameraMotion, UCF101Class
     from .loaders import LoadFrameBridge, LoadNeuralPrior
     from .prior import BridgePriorFromImage, NeuralPrior
     from .sampler import BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule
 
-    return [LoadFrameBridge, LoadNeuralPrior, UCF101Class, BridgePriorFromImage, NeuralPrior,
+    return [LoadFrameBridge, LoadNeuralPrior, UCF101Class, CameraMotion, BridgePriorFromImage, NeuralPrior,
             BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule]
 
 

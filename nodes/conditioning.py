@@ -1,11 +1,14 @@
-"""Class-label conditioning for the class-conditional FrameBridge models (UCF-101)."""
+"""Class-label conditioning for the class-conditional FrameBridge models (UCF-101, camera motion)."""
 
 from __future__ import annotations
 
 import torch
 from comfy_api.latest import io
 
-from ..framebridge_core.labels import UCF101_CLASSES, UCF101_NULL_CLASS
+from ..framebridge_core.labels import CAMERA_MOTIONS, UCF101_CLASSES, UCF101_NULL_CLASS
+
+#: "the null class of the model it meets": resolved by the model (its last class-table row)
+NULL_LABEL = -1
 
 
 def class_conditioning(label: int) -> list:
@@ -39,3 +42,33 @@ class UCF101Class(io.ComfyNode):
     def execute(cls, class_name) -> io.NodeOutput:
         label = UCF101_CLASSES.index(class_name)
         return io.NodeOutput(class_conditioning(label), class_conditioning(UCF101_NULL_CLASS))
+
+
+class CameraMotion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_CameraMotion",
+            display_name="FrameBridge Camera Motion",
+            category="FrameBridge/conditioning",
+            description=(
+                "Positive and negative conditioning for the bundled tiny FrameBridge models, which animate "
+                "an image with a camera motion: the positive carries the motion, the negative the null "
+                "class used by classifier-free guidance."
+            ),
+            inputs=[
+                io.Combo.Input("motion", options=list(CAMERA_MOTIONS), default="zoom-in",
+                               tooltip="Camera motion over the clip. pan-left: the camera turns left, so the "
+                                       "picture slides right (pan-up: slides down); zoom-in: the picture grows "
+                                       "about its centre; rotate-cw: the picture turns clockwise on screen; "
+                                       "static: no motion."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="The chosen motion."),
+                io.Conditioning.Output(display_name="negative", tooltip="The null class for guidance."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, motion) -> io.NodeOutput:
+        return io.NodeOutput(class_conditioning(CAMERA_MOTIONS.index(motion)), class_conditioning(NULL_LABEL))

@@ -21,7 +21,7 @@ from ..framebridge_core.checkpoints import (
 )
 from ..framebridge_core.errors import CheckpointError
 from ..framebridge_core.frames_adapter import LatteNeuralPriorFrames
-from .models import build_latte_patcher, comfy_attention
+from .models import build_latte_patcher, comfy_attention, latent_space_of
 from .paths import full_path, model_files
 
 CATEGORY = "FrameBridge/loaders"
@@ -37,6 +37,7 @@ class NeuralPriorNet:
     patcher: comfy.model_patcher.ModelPatcher
     config: object
     source: str
+    latent_space: str = "sd-vae"
 
 
 def _read(ckpt_name: str):
@@ -44,7 +45,15 @@ def _read(ckpt_name: str):
     sd, meta = load_state_dict(path)
     info = detect_family(sd, meta)
     sd, _, _ = normalize_state_dict(sd)
-    return path, sd, info
+    return path, sd, info, meta
+
+
+#: variants this project trains for its benchmark that are not FrameBridge models in ComfyUI
+_NOT_LOADABLE = {
+    "diffusion": "a noise-to-video diffusion baseline",
+    "saf": "an SNR-aligned fine-tune (v-prediction on aligned inputs)",
+    "plain-finetune": "a fine-tune without SNR alignment",
+}
 
 
 def _fingerprint(ckpt_name: str):
@@ -67,7 +76,8 @@ class LoadFrameBridge(io.ComfyNode):
                 "Loads a FrameBridge image-to-video bridge model from models/framebridge (or any folder "
                 "named 'framebridge' in extra_model_paths.yaml). The model family and size are read from "
                 "the weights, not the file name. Supported: FrameBridge-Latte (UCF-101, with or without "
-                "neural prior). Neural prior files go in 'Load Neural Prior'."
+                "neural prior) and the bundled tiny camera-motion models "
+                "(pixel space: use the 'pixel_space' VAE). Neural prior files go in 'Load Neural Prior'."
             ),
             inputs=[
                 io.Combo.Input("ckpt_name", options=model_files(),
@@ -87,7 +97,13 @@ class LoadFrameBridge(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
-        path, sd, info = _read(ckpt_name)
+        path, sd, info, meta = _read(ckpt_name)
+        variant = meta.get("framebridge.variant", "bridge")
+        if variant in _NOT_LOADABLE:
+            raise CheckpointError(
+                f"'{ckpt_name}' is {_NOT_LOADABLE[variant]} from the quality benchmark, not an eps_psi "
+                f"FrameBridge model; use it with `python -m framebridge_core bench quality`, and load a "
+                f"bridge model (variant 'bridge' or 'bridge-np') here.")
         if info.name == LATTE_NEURAL_PRIOR:
             raise CheckpointError(
                 f"'{ckpt_name}' is a FrameBridge neural prior network, not a bridge model: load it with "
@@ -96,7 +112,7 @@ class LoadFrameBridge(io.ComfyNode):
         if info.name != LATTE_BRIDGE:
             raise CheckpointError(f"'{ckpt_name}' is a '{info.name}' checkpoint; Load FrameBridge supports "
                                   f"FrameBridge-Latte bridge models.")
-        return io.NodeOutput(build_latte_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
+        return io.NodeOutput(build_latte_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype], meta))
 
 
 class LoadNeuralPrior(io.ComfyNode):
@@ -124,7 +140,7 @@ class LoadNeuralPrior(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
-        path, sd, info = _read(ckpt_name)
+        path, sd, info, meta = _read(ckpt_name)
         if info.name != LATTE_NEURAL_PRIOR:
             raise CheckpointError(
                 f"'{ckpt_name}' is a '{info.name}' checkpoint, not a neural prior network: load bridge "
@@ -135,4 +151,5 @@ class LoadNeuralPrior(io.ComfyNode):
         net.eval()
         patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
-        return io.NodeOutput(NeuralPriorNet(patcher=patcher, config=info.config, source=path))
+        return io.NodeOutput(NeuralPriorNet(patcher=patcher, config=info.config, source=path,
+                                            latent_space=latent_space_of(meta)))

@@ -8,6 +8,7 @@ increasing in i), which :class:`BridgeModelSampling` maps back to i for the netw
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ import comfy.supported_models_base
 
 from ..framebridge_core.bridge import BridgeSchedule
 from ..framebridge_core.checkpoints import load_weights_strict
+from ..framebridge_core.errors import CheckpointError
 from ..framebridge_core.frames_adapter import LatteBridgeFrames
 
 ATTACHMENT = "framebridge"
@@ -41,6 +43,8 @@ class BridgeInfo:
     default_steps: int
     default_spacing: str
     schedule: BridgeSchedule
+    latent_space: str = "sd-vae"           # "sd-vae" (4-ch SD VAE latents) or "pixel" (RGB in [-1, 1])
+    class_names: tuple = ()                # names of the class labels, when the file lists them
 
 
 class BridgeModelSampling(torch.nn.Module):
@@ -95,6 +99,27 @@ class BridgeModelSampling(torch.nn.Module):
         return latent
 
 
+class PixelSpace(comfy.latent_formats.LatentFormat):
+    """RGB pixels in [-1, 1], exactly what ComfyUI's ``pixel_space`` VAE encodes an IMAGE to."""
+
+    latent_channels = 3
+
+    def __init__(self):
+        self.latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        self.latent_rgb_factors_bias = [0.0, 0.0, 0.0]
+        self.taesd_decoder_name = None
+
+    def process_in(self, latent):
+        return latent
+
+    def process_out(self, latent):
+        return latent
+
+
+#: latent space name (checkpoint metadata ``framebridge.latent_space``) -> ComfyUI latent format
+LATENT_FORMATS = {"sd-vae": comfy.latent_formats.SD15, "pixel": PixelSpace}
+
+
 class LatteFamilyConfig(comfy.supported_models_base.BASE):
     """FrameBridge-Latte on the SD VAE (sd-vae-ft-ema, 4 channels, scale 0.18215)."""
 
@@ -103,6 +128,13 @@ class LatteFamilyConfig(comfy.supported_models_base.BASE):
     latent_format = comfy.latent_formats.SD15
     supported_inference_dtypes = [torch.float32, torch.bfloat16, torch.float16]
     memory_usage_factor = 1.5
+
+
+class LattePixelFamilyConfig(LatteFamilyConfig):
+    """FrameBridge-Latte trained in pixel space (the bundled tiny models): use the pixel_space VAE."""
+
+    latent_format = PixelSpace
+    memory_usage_factor = 1.0
 
 
 class FrameBridgeLatte(comfy.model_base.BaseModel):
@@ -120,7 +152,11 @@ class FrameBridgeLatte(comfy.model_base.BaseModel):
             out["fb_cond_frame"] = comfy.conds.CONDNoiseShape(self.process_latent_in(cond_frame))
         label = kwargs.get("fb_class", None)
         if label is not None:
-            out["fb_class"] = comfy.conds.CONDRegular(torch.tensor([int(label)], dtype=torch.long))
+            label = int(label)
+            if label < 0:  # "the null class of whatever model this is" (negative of class nodes)
+                null = self.diffusion_model.net.config.null_class
+                label = label if null is None else null
+            out["fb_class"] = comfy.conds.CONDRegular(torch.tensor([label], dtype=torch.long))
         if "fb_neural_prior" in kwargs:
             out["fb_neural_prior"] = comfy.conds.CONDConstant(bool(kwargs["fb_neural_prior"]))
         return out
@@ -140,10 +176,27 @@ def _pick_dtypes(weight_dtype, params: int, supported):
     return load_device, dtype, manual_cast
 
 
-def build_latte_patcher(config, state_dict: dict, weight_dtype=None):
-    """A ``ModelPatcher`` for a FrameBridge-Latte bridge checkpoint (state dict without prefix)."""
+def _meta(metadata, key: str, default: str) -> str:
+    return (metadata or {}).get("framebridge." + key, default)
+
+
+def latent_space_of(metadata) -> str:
+    space = _meta(metadata, "latent_space", "sd-vae")
+    if space not in LATENT_FORMATS:
+        raise CheckpointError(f"the checkpoint's latent space {space!r} is not supported; "
+                              f"known: {', '.join(LATENT_FORMATS)}.")
+    return space
+
+
+def build_latte_patcher(config, state_dict: dict, weight_dtype=None, metadata=None):
+    """A ``ModelPatcher`` for a FrameBridge-Latte bridge checkpoint (state dict without prefix).
+
+    ``metadata`` (safetensors header) selects the latent space and the sampling defaults of models
+    trained by this project; official checkpoints have none and get the UCF-101 settings.
+    """
+    space = latent_space_of(metadata)
     unet_config = dict(config.to_dict(), attention=comfy_attention)
-    model_config = LatteFamilyConfig(unet_config)
+    model_config = (LattePixelFamilyConfig if space == "pixel" else LatteFamilyConfig)(unet_config)
     params = sum(v.numel() for v in state_dict.values())
     load_device, dtype, manual_cast = _pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(dtype, manual_cast)
@@ -158,10 +211,12 @@ def build_latte_patcher(config, state_dict: dict, weight_dtype=None):
         num_classes=config.num_classes,
         null_class=config.null_class,
         neural_prior_input=config.prior_concat,
-        default_cfg=7.0,
-        default_steps=50,
-        default_spacing="iddpm",
+        default_cfg=float(_meta(metadata, "default_cfg", "7.0")),
+        default_steps=int(_meta(metadata, "default_steps", "50")),
+        default_spacing=_meta(metadata, "default_spacing", "trailing" if space == "pixel" else "iddpm"),
         schedule=model.model_sampling.schedule,
+        latent_space=space,
+        class_names=tuple(json.loads(_meta(metadata, "classes", "[]"))),
     ))
     return patcher
 

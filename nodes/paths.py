@@ -1,5 +1,6 @@
 """Model folders: ``models/framebridge`` registered through folder_paths (merged, so a user's
-extra_model_paths.yaml entry for ``framebridge`` is kept and extended, never replaced)."""
+extra_model_paths.yaml entry for ``framebridge`` is kept and extended, never replaced), plus the
+pack's own ``pretrained/`` folder with the bundled tiny models (no download needed)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import folder_paths
 
 FOLDER = "framebridge"
+#: the small models that ship inside the pack, listed after the user's folders
+BUNDLED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
 
 
 def register_model_folder() -> None:
@@ -15,10 +18,14 @@ def register_model_folder() -> None:
     exts = set(folder_paths.supported_pt_extensions)
     if FOLDER in folder_paths.folder_names_and_paths:
         paths, known = folder_paths.folder_names_and_paths[FOLDER]
-        paths = list(paths) + ([default] if default not in paths else [])
-        folder_paths.folder_names_and_paths[FOLDER] = (paths, set(known) | exts)
+        paths = list(paths)
+        known = set(known) | exts
     else:
-        folder_paths.folder_names_and_paths[FOLDER] = ([default], exts)
+        paths, known = [], exts
+    for p in (default, BUNDLED):
+        if p not in paths:
+            paths.append(p)
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, known)
 
 
 def model_files() -> list[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
 import node_helpers
 
 from ..framebridge_core.errors import ConfigError, ShapeError
 from .loaders import PriorNet
-from .models import bridge_info
+from .models import LATENT_FORMATS, bridge_info
 
 CATEGORY = "FrameBridge"
 RESIZE_MODES = ("center crop", "stretch", "none")
@@ -78,12 +77,18 @@ class BridgePriorFromImage(io.ComfyNode):
                 f"{info.num_frames}-frame videos. Set length to {info.num_frames}."
             )
         vae_channels = getattr(vae, "latent_channels", None)
+        want_vae = ("the 'pixel_space' VAE (Load VAE -> pixel_space)" if info.latent_space == "pixel"
+                    else "the SD VAE sd-vae-ft-ema")
         if vae_channels is not None and vae_channels != info.latent_channels:
             raise ShapeError(
                 f"the VAE makes {vae_channels}-channel latents but this FrameBridge model works on "
-                f"{info.latent_channels}-channel latents; load the VAE it was trained with "
-                f"(FrameBridge-Latte: the SD VAE sd-vae-ft-ema)."
+                f"{info.latent_channels}-channel latents; load the VAE it was trained with: {want_vae}."
             )
+        pixel_vae = getattr(vae, "downscale_ratio", None) == 1
+        if pixel_vae != (info.latent_space == "pixel"):
+            raise ShapeError(
+                f"this FrameBridge model was trained on {info.latent_space} latents but the VAE "
+                f"{'is' if pixel_vae else 'is not'} the pixel_space VAE; use {want_vae}.")
         scale = vae.spacial_compression_encode()
         pixels = _fit_image(image[..., :3], info.latent_size * scale, resize)
         latent = vae.encode(pixels)
@@ -145,8 +150,11 @@ class NeuralPrior(io.ComfyNode):
         label = _class_label(positive)
         if label is None and cfg.num_classes > 0:
             raise ConfigError("Neural Prior: the positive conditioning has no class label; connect "
-                              "'FrameBridge UCF-101 Class' before 'Bridge Prior from Image'.")
-        fmt = comfy.latent_formats.SD15()
+                              "'FrameBridge UCF-101 Class' or 'FrameBridge Camera Motion' before "
+                              "'Bridge Prior from Image'.")
+        if label is not None and label < 0:
+            label = cfg.null_class
+        fmt = LATENT_FORMATS[prior_net.latent_space]()
         mm.load_model_gpu(prior_net.patcher)
         net = prior_net.patcher.model
         device = prior_net.patcher.load_device

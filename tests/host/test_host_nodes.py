@@ -10,7 +10,7 @@ pytestmark = pytest.mark.host
 
 REPO = Path(__file__).resolve().parents[2]
 
-FB_NODES = ("FB_LoadFrameBridge", "FB_LoadNeuralPrior", "FB_UCF101Class", "FB_BridgePriorFromImage",
+FB_NODES = ("FB_LoadFrameBridge", "FB_LoadNeuralPrior", "FB_UCF101Class", "FB_CameraMotion", "FB_BridgePriorFromImage",
             "FB_NeuralPrior", "FB_BridgeSampler", "FB_BridgeSamplerSelect", "FB_BridgeSchedule")
 
 

@@ -1,0 +1,116 @@
+"""Command line: ``train`` a model, ``generate`` a clip from an image, ``bench quality``.
+
+    python -m framebridge_core generate --motion zoom-in --out out.webp
+    python -m framebridge_core train --kind bridge --preset tiny --minutes 40 --out runs/bridge
+    python -m framebridge_core bench quality --runs benchmarks/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from typing import Optional, Sequence
+
+from .errors import FrameBridgeError
+
+
+def _add_train(sub) -> None:
+    from .training import PRESETS, TrainConfig
+    from .variants import KINDS
+
+    p = sub.add_parser("train", help="train a bridge, diffusion, neural-prior or SAF model")
+    p.add_argument("--kind", choices=KINDS, default="bridge", help="model variant (default: bridge)")
+    p.add_argument("--preset", choices=list(PRESETS), default="tiny", help="network and data size")
+    p.add_argument("--out", default=None, help="run folder (state.pt, model.safetensors, loss.csv)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/state.pt")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in ("kind", "preset", "out", "sources"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, type=type(getattr(defaults, f.name)), default=None,
+                       help=f"default: {getattr(defaults, f.name)!r}")
+    p.add_argument("--sources", default=None, help="comma list of image sources "
+                   "(skimage, sklearn, templates, textures)")
+
+
+def _train(args) -> int:
+    from .training import config_from_args, train
+
+    values = vars(args).copy()
+    values["out"] = args.out or f"runs/{args.kind}"
+    if args.sources:
+        values["sources"] = tuple(s.strip() for s in args.sources.split(","))
+    cfg = config_from_args(values)
+    t0 = time.time()
+    path = train(cfg, resume=args.resume)
+    print(f"exported {path} after {(time.time() - t0) / 60:.1f} min")
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="animate an image with a camera motion (bundled tiny model)")
+    p.add_argument("--image", default=None, help="input image (default: the pack's assets/default-image.png)")
+    p.add_argument("--motion", default="zoom-in", help="camera motion, e.g. zoom-in, pan-left, rotate-cw")
+    p.add_argument("--out", default="out.webp", help="output animation: .webp, .gif or .mp4")
+    p.add_argument("--steps", type=int, default=25, help="sampling steps = network evaluations (default 25)")
+    p.add_argument("--cfg", type=float, default=None, help="class guidance scale (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler noise")
+    p.add_argument("--neural-prior", action="store_true",
+                   help="start the bridge from the neural prior's coarse video (bundled bridge-np model)")
+    p.add_argument("--model", default=None, help="a model file trained by `train` instead of the bundled one")
+    p.add_argument("--scale", type=int, default=4, help="upscaling of the written frames (default 4)")
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+
+
+def _generate(args) -> int:
+    import torch
+
+    from .tiny import DEFAULT_IMAGE, TinyAnimator
+    from .training import META_PREFIX
+    from .video_io import contact_sheet, load_image, write_animation
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    animator = TinyAnimator(args.model, neural_prior=args.neural_prior)
+    frame = load_image(args.image or DEFAULT_IMAGE, animator.size)
+    cfg = args.cfg if args.cfg is not None else float(animator.meta.get(META_PREFIX + "default_cfg", "1.0"))
+    t1 = time.time()
+    video = animator.animate(frame, args.motion, steps=args.steps, cfg=cfg, seed=args.seed)
+    t2 = time.time()
+    out = write_animation(video, args.out, fps=args.fps, scale=args.scale)
+    sheet = contact_sheet([video], out.with_name(out.stem + "-sheet.png"), scale=2)
+    print(f"{out} ({video.shape[0]} frames, {video.shape[-1] * args.scale}px, motion {args.motion}); "
+          f"contact sheet {sheet}; generation {t2 - t1:.1f} s, total {time.time() - t0:.1f} s")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (not part of the tests)")
+    p.add_argument("what", choices=["quality"], help="quality: bridge vs diffusion vs neural prior vs SAF")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help)")
+
+
+def _bench(args) -> int:
+    from .bench_quality import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framebridge_core", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_bench(sub)
+    args = parser.parse_args(argv)
+    try:
+        return {"train": _train, "generate": _generate, "bench": _bench}[args.command](args)
+    except FrameBridgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

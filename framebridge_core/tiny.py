@@ -1,0 +1,80 @@
+"""The bundled tiny FrameBridge: animate an image with a camera motion on any CPU, offline.
+
+The pack ships small pixel-space Latte FrameBridge models trained by :mod:`.training` on the
+procedural camera-motion dataset (64×64 RGB, 16 frames): a bridge from the image (``bridge``),
+its neural prior, and a bridge that starts from the neural prior's coarse video (``bridge-np``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .errors import ConfigError
+from .training import META_PREFIX, load_trained
+from .variants import Schedules, generate
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+PRETRAINED_DIR = PACK_ROOT / "pretrained"
+BRIDGE_FILE = "framebridge-tiny-motion.safetensors"
+BRIDGE_NP_FILE = "framebridge-tiny-motion-np.safetensors"
+NEURAL_PRIOR_FILE = "neural-prior-tiny-motion.safetensors"
+DEFAULT_IMAGE = PACK_ROOT / "assets" / "default-image.png"
+
+
+def bundled(name: str) -> Path:
+    path = PRETRAINED_DIR / name
+    if not path.is_file():
+        raise ConfigError(f"bundled model '{name}' is missing from {PRETRAINED_DIR}; reinstall the pack "
+                          f"(the file ships in its 'pretrained' folder) or pass --model <file>.")
+    return path
+
+
+def motion_names(meta: dict[str, str]) -> list[str]:
+    return json.loads(meta[META_PREFIX + "classes"])
+
+
+def motion_label(meta: dict[str, str], motion: str) -> int:
+    names = motion_names(meta)
+    key = motion.strip().lower().replace("_", "-").replace(" ", "-")
+    if key not in names:
+        raise ConfigError(f"unknown motion {motion!r}; this model knows: {', '.join(names)}.")
+    return names.index(key)
+
+
+class TinyAnimator:
+    """Loads a bundled (or given) model once; :meth:`animate` makes one clip per call."""
+
+    def __init__(self, model: Optional[str] = None, *, neural_prior: bool = False,
+                 neural_prior_model: Optional[str] = None):
+        path = Path(model) if model else bundled(BRIDGE_NP_FILE if neural_prior else BRIDGE_FILE)
+        self.net, self.meta = load_trained(str(path))
+        self.kind = self.meta.get(META_PREFIX + "variant", "bridge")
+        self.prior_net = None
+        if self.kind == "bridge-np":
+            np_path = Path(neural_prior_model) if neural_prior_model else bundled(NEURAL_PRIOR_FILE)
+            self.prior_net, _ = load_trained(str(np_path), "neural-prior")
+        self.sched = Schedules.default()
+
+    @property
+    def size(self) -> int:
+        return self.net.config.input_size
+
+    @property
+    def frames(self) -> int:
+        return self.net.config.num_frames
+
+    def animate(self, frame: torch.Tensor, motion: str, *, steps: int = 25, cfg: float = 2.0,
+                seed: int = 0, callback: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
+        """``frame [3, S, S]`` in [-1, 1] -> ``[F, 3, S, S]`` clip in [-1, 1]."""
+        if tuple(frame.shape) != (3, self.size, self.size):
+            raise ConfigError(f"image frame has shape {tuple(frame.shape)}; this model takes "
+                              f"[3, {self.size}, {self.size}] (use video_io.image_to_frame).")
+        label = torch.tensor([motion_label(self.meta, motion)])
+        gen = torch.Generator().manual_seed(int(seed))
+        video = generate(self.kind, self.net, frame[None].float(), label, steps=steps, sched=self.sched,
+                         cfg_scale=cfg, generator=gen, neural_prior=self.prior_net, callback=callback)
+        return video[0].clamp(-1, 1)

@@ -1,0 +1,347 @@
+"""Training loop for the project's own small models: bridge, diffusion, neural prior, SAF.
+
+``python -m framebridge_core train --kind bridge --preset tiny --out runs/bridge`` trains on the
+procedural camera-motion dataset (:mod:`framebridge_core.data`). The loop
+
+* draws batches and noise from generators seeded by ``--seed`` (no global RNG state is touched),
+  so a run is reproducible and a resumed run continues the same random streams;
+* keeps an EMA of the weights (what is exported, as the official code does);
+* writes ``state.pt`` (weights, EMA, optimiser, step, generator states, loss log) every
+  ``ckpt_every`` steps and on Ctrl-C, and resumes from it with ``--resume``;
+* stops at ``--steps`` or after ``--minutes`` of wall time, whichever comes first;
+* exports ``model.safetensors`` (EMA weights, fp16 by default) with metadata that names the
+  family, variant, config, data, step count and date, plus ``loss.csv``.
+
+The variants are defined in :mod:`framebridge_core.variants`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from .errors import ConfigError
+from .models.latte import LatteConfig, LatteModel, LatteNeuralPrior
+from .variants import BRIDGE_KINDS, Schedules, check_kind, training_loss
+
+#: Network sizes. ``tiny`` is the bundled model (64×64 RGB, 16 frames, patch 8); ``bench`` is the
+#: smaller configuration of the quality benchmark; ``smoke`` is for tests.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(size=64, frames=16, patch=8, hidden=160, depth=8, heads=5),
+    "bench": dict(size=32, frames=8, patch=4, hidden=128, depth=6, heads=4),
+    "smoke": dict(size=16, frames=4, patch=4, hidden=32, depth=2, heads=2),
+}
+
+META_PREFIX = "framebridge."
+STATE_FILE = "state.pt"
+EXPORT_FILE = "model.safetensors"
+#: What each variant's network predicts and what its timestep input means (exported metadata).
+PREDICTS = {"bridge": "eps_psi", "bridge-np": "eps_psi", "diffusion": "v", "neural-prior": "x0",
+            "saf": "v_aligned", "plain-finetune": "v_aligned"}
+TIMESTEP = {"bridge": "bridge_index", "bridge-np": "bridge_index", "diffusion": "diffusion_timestep",
+            "neural-prior": "none", "saf": "saf_t_tilde", "plain-finetune": "bridge_index"}
+
+
+@dataclass
+class TrainConfig:
+    kind: str = "bridge"
+    preset: str = "tiny"
+    out: str = "runs/bridge"
+    steps: int = 3000
+    minutes: float = 0.0            # wall-time budget; 0 = none
+    batch: int = 8
+    lr: float = 3e-4
+    warmup: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    class_dropout: float = 0.1
+    seed: int = 0
+    ckpt_every: int = 250
+    log_every: int = 25
+    precision: str = "bf16"        # autocast dtype on CPU ("bf16" or "fp32")
+    init_from: str = ""            # weights to start from (saf / plain-finetune / bridge-np warm start)
+    neural_prior: str = ""         # trained neural prior (bridge-np)
+    threads: int = 0               # torch intra-op threads; 0 = leave as is
+    export_dtype: str = "fp16"
+    data_seed: int = 0
+    sources: tuple = ("skimage", "sklearn", "templates", "textures")
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind)
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
+        if self.precision not in ("bf16", "fp32"):
+            raise ConfigError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}.")
+        if self.kind in ("saf", "plain-finetune") and not self.init_from:
+            raise ConfigError(f"--kind {self.kind} fine-tunes a trained diffusion model: pass --init-from "
+                              f"<diffusion run>/model.safetensors.")
+        if self.kind == "bridge-np" and not self.neural_prior:
+            raise ConfigError("--kind bridge-np needs the trained neural prior: pass --neural-prior "
+                              "<neural-prior run>/model.safetensors.")
+        if self.batch < 1 or self.steps < 1:
+            raise ConfigError(f"batch and steps must be positive, got batch={self.batch}, steps={self.steps}.")
+
+
+def network_config(kind: str, preset: str, num_classes: int) -> LatteConfig:
+    p = PRESETS[preset]
+    common = dict(input_size=p["size"], patch_size=p["patch"], hidden_size=p["hidden"], depth=p["depth"],
+                  num_heads=p["heads"], num_frames=p["frames"], num_classes=num_classes, out_channels=3)
+    if kind == "neural-prior":
+        return LatteConfig(in_channels=3, condition_type=None, has_timestep=False, **common)
+    return LatteConfig(in_channels=6 if kind == "bridge-np" else 3, **common)
+
+
+def build_network(kind: str, config: LatteConfig, generator: Optional[torch.Generator] = None) -> torch.nn.Module:
+    if kind == "neural-prior":
+        net = LatteNeuralPrior(config)
+        net.nwarp_model.initialize_weights(generator)
+    else:
+        net = LatteModel(config)
+        net.initialize_weights(generator)
+    return net
+
+
+def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
+    """Warm-start a neural-prior bridge (2C input channels) from a plain bridge (C channels).
+
+    The extra channels of the patch embedding start at zero, so the widened network computes
+    exactly the plain bridge until training moves them.
+    """
+    w = state["x_embedder.proj.weight"]
+    if w.shape[1] == in_channels:
+        return state
+    if w.shape[1] * 2 != in_channels:
+        raise ConfigError(f"cannot widen a patch embedding with {w.shape[1]} input channels to {in_channels}.")
+    state = dict(state)
+    state["x_embedder.proj.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+    return state
+
+
+def read_weights(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from .checkpoints import load_state_dict, normalize_state_dict
+
+    sd, meta = load_state_dict(path)
+    sd, _, _ = normalize_state_dict(sd)
+    return {k: v.float() for k, v in sd.items()}, meta
+
+
+def load_trained(path: str, kind: Optional[str] = None) -> tuple[torch.nn.Module, dict[str, str]]:
+    """Load a model this module exported: ``(network in eval mode, metadata)``."""
+    from .checkpoints import load_weights_strict
+
+    sd, meta = read_weights(path)
+    config = LatteConfig.from_dict(json.loads(meta[META_PREFIX + "config"]))
+    kind = kind or meta.get(META_PREFIX + "variant", "bridge")
+    net = LatteNeuralPrior(config) if kind == "neural-prior" else LatteModel(config)
+    target = net.nwarp_model if kind == "neural-prior" else net
+    load_weights_strict(target, sd, f"{kind} network")
+    return net.eval(), meta
+
+
+def _dataset(cfg: TrainConfig, split: str = "train"):
+    from .data.camera_motion import CameraMotionDataset
+
+    p = PRESETS[cfg.preset]
+    return CameraMotionDataset(split=split, size=p["size"], frames=p["frames"], seed=cfg.data_seed,
+                               include=tuple(cfg.sources))
+
+
+def _motions(dataset) -> tuple:
+    """Class names of a dataset (its ``motions``; the camera-motion classes by default)."""
+    names = getattr(dataset, "motions", None)
+    if names is None:
+        from .data.camera_motion import MOTIONS
+
+        names = MOTIONS
+    return tuple(names)
+
+
+class _Progress:
+    """A one-line progress report on stderr (no dependency), every ``every`` steps."""
+
+    def __init__(self, total: int, every: int, start: int, stream=sys.stderr):
+        self.total, self.every, self.stream = total, every, stream
+        self.t0, self.s0 = time.time(), start
+
+    def update(self, step: int, loss: float, minutes_left: Optional[float]) -> None:
+        if step % self.every and step != self.total:
+            return
+        done = step - self.s0
+        rate = (time.time() - self.t0) / max(done, 1)
+        eta = rate * (self.total - step) / 60
+        if minutes_left is not None:
+            eta = min(eta, minutes_left)
+        bar = int(30 * step / self.total)
+        self.stream.write(f"\r[{'#' * bar}{'.' * (30 - bar)}] {step}/{self.total} loss {loss:.4f} "
+                          f"{rate:.2f}s/step eta {eta:.1f} min ")
+        self.stream.flush()
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+
+
+#: options that may change between a run and its resumption
+_RESUMABLE = ("out", "steps", "minutes", "threads", "ckpt_every", "log_every")
+
+
+def _identity(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _RESUMABLE}
+
+
+def _inner(net: torch.nn.Module) -> torch.nn.Module:
+    return net.nwarp_model if isinstance(net, LatteNeuralPrior) else net
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
+          on_step: Optional[Callable[[int, float], None]] = None) -> Path:
+    """Run (or resume) a training run; returns the path of the exported safetensors file."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dataset = dataset if dataset is not None else _dataset(cfg)
+    num_classes = len(_motions(dataset))
+    config = network_config(cfg.kind, cfg.preset, num_classes)
+    init_gen = torch.Generator().manual_seed(cfg.seed)
+    net = build_network(cfg.kind, config, init_gen)
+    inner = _inner(net)
+    if cfg.init_from:
+        sd, _ = read_weights(cfg.init_from)
+        from .checkpoints import load_weights_strict
+
+        load_weights_strict(inner, widen_input(sd, config.in_channels), f"{cfg.kind} network (init)")
+    neural_prior = None
+    if cfg.kind == "bridge-np":
+        neural_prior, _ = load_trained(cfg.neural_prior, "neural-prior")
+        neural_prior.requires_grad_(False)
+    sched = Schedules.default()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
+    noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
+    ema = {k: v.detach().clone().float() for k, v in inner.state_dict().items()}
+    step, elapsed, log = 0, 0.0, []
+    state_path = out / STATE_FILE
+    if resume and state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        if _identity(st["config"]) != _identity(asdict(cfg)):
+            raise ConfigError(f"{state_path} was written by a different configuration; "
+                              f"start a new --out folder or pass the same options.")
+        inner.load_state_dict(st["model"])
+        ema = st["ema"]
+        opt.load_state_dict(st["optimizer"])
+        data_gen.set_state(st["data_gen"])
+        noise_gen.set_state(st["noise_gen"])
+        step, elapsed, log = st["step"], st["elapsed"], st["log"]
+
+    def checkpoint() -> None:
+        _save_atomic({"config": asdict(cfg), "model": inner.state_dict(), "ema": ema,
+                      "optimizer": opt.state_dict(), "data_gen": data_gen.get_state(),
+                      "noise_gen": noise_gen.get_state(), "step": step, "elapsed": elapsed, "log": log},
+                     state_path)
+
+    autocast = cfg.precision == "bf16"
+    progress = _Progress(cfg.steps, cfg.log_every, step)
+    smooth = None
+    t_start = time.time() - elapsed
+    net.train()
+    try:
+        while step < cfg.steps:
+            if cfg.minutes and (time.time() - t_start) / 60 >= cfg.minutes:
+                break
+            lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            video, labels = dataset.sample_batch(cfg.batch, data_gen)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = training_loss(cfg.kind, net, video, labels,
+                                     sched, noise_gen, class_dropout=cfg.class_dropout,
+                                     neural_prior=neural_prior)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower --lr.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            _ema_update(ema, inner, min(cfg.ema, (1 + step) / (10 + step)))
+            value = loss.item()
+            smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+            elapsed = time.time() - t_start
+            log.append((step, value, round(elapsed, 2)))
+            left = cfg.minutes - elapsed / 60 if cfg.minutes else None
+            progress.update(step, smooth, left)
+            if on_step is not None:
+                on_step(step, value)
+            if step % cfg.ckpt_every == 0:
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        sys.stderr.write(f"\ninterrupted at step {step}; resume with --resume\n")
+        raise
+    checkpoint()
+    sys.stderr.write("\n")
+    with open(out / "loss.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "loss", "seconds"])
+        w.writerows(log)
+    return export(cfg, config, ema, step, elapsed, dataset, out / EXPORT_FILE)
+
+
+def export(cfg: TrainConfig, config: LatteConfig, weights: dict[str, torch.Tensor], step: int,
+           seconds: float, dataset, path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[cfg.export_dtype]
+    tensors = {k: v.to(dtype).contiguous() for k, v in weights.items()}
+    motions = list(_motions(dataset))
+    meta = {
+        "family": "latte",
+        "variant": cfg.kind,
+        "latent_space": "pixel",
+        "value_range": "-1..1",
+        "predicts": PREDICTS[cfg.kind],
+        "timestep": TIMESTEP[cfg.kind],
+        "num_heads": str(config.num_heads),
+        "config": json.dumps(config.to_dict()),
+        "classes": json.dumps(motions),
+        "class_kind": "camera-motion",
+        "data": f"camera-motion (procedural, data seed {cfg.data_seed}, sources {'+'.join(cfg.sources)})",
+        "steps": str(step),
+        "batch": str(cfg.batch),
+        "train_minutes": f"{seconds / 60:.1f}",
+        "date": _dt.date.today().isoformat(),
+        "seed": str(cfg.seed),
+        "default_steps": "25",
+        "default_cfg": "1.0" if cfg.kind == "neural-prior" else "2.0",
+        "diffusion_schedule": "linear 1e-4..0.02" if cfg.kind in ("diffusion", "saf") else "",
+    }
+    if cfg.kind in BRIDGE_KINDS:
+        meta["bridge_schedule"] = "bridge-tts gmax beta_min=0.01 beta_max=50"
+    save_file(tensors, str(path), metadata={META_PREFIX + k: v for k, v in meta.items() if v})
+    return path
+
+
+def config_from_args(args: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in args.items() if k in names and v is not None})

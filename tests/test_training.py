@@ -1,0 +1,172 @@
+"""Training code: a smoke run whose loss falls, exact resume, every variant's loss and sampler."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from framebridge_core.data.camera_motion import MOTIONS, CameraMotionDataset
+from framebridge_core.diffusion import DiffusionSchedule, sample_ddim
+from framebridge_core.errors import ConfigError
+from framebridge_core.labels import CAMERA_MOTIONS
+from framebridge_core.training import (
+    PRESETS,
+    TrainConfig,
+    build_network,
+    load_trained,
+    network_config,
+    train,
+    widen_input,
+)
+from framebridge_core.variants import KINDS, Schedules, generate, training_loss
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    p = PRESETS["smoke"]
+    return CameraMotionDataset("train", size=p["size"], frames=p["frames"], seed=0, include=("textures",),
+                               num_textures=12)
+
+
+def _cfg(tmp_path, kind="bridge", **kw):
+    base = dict(kind=kind, preset="smoke", out=str(tmp_path / kind), steps=20, batch=4, lr=1e-3, warmup=5,
+                precision="fp32", ckpt_every=10, log_every=1000, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(run_dir):
+    with open(run_dir / "loss.csv") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+def test_camera_motion_classes_are_the_label_table():
+    assert tuple(MOTIONS) == CAMERA_MOTIONS
+
+
+def test_smoke_training_loss_falls(tmp_path, smoke_data):
+    out = train(_cfg(tmp_path, steps=120, batch=8, lr=2e-3, warmup=10), dataset=smoke_data)
+    losses = _losses(out.parent)
+    assert len(losses) == 120
+    first, last = sum(losses[:15]) / 15, sum(losses[-15:]) / 15
+    assert last < 0.6 * first, (first, last)
+
+
+def test_resume_continues_the_same_run_exactly(tmp_path, smoke_data):
+    straight = train(_cfg(tmp_path / "a", steps=20), dataset=smoke_data)
+    train(_cfg(tmp_path / "b", steps=10), dataset=smoke_data)
+    resumed = train(_cfg(tmp_path / "b", steps=20), dataset=smoke_data, resume=True)
+    assert _losses(straight.parent) == _losses(resumed.parent)
+    a, _ = load_trained(str(straight))
+    b, _ = load_trained(str(resumed))
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_resume_refuses_a_different_configuration(tmp_path, smoke_data):
+    train(_cfg(tmp_path, steps=10), dataset=smoke_data)
+    with pytest.raises(ConfigError, match="different configuration"):
+        train(_cfg(tmp_path, steps=20, lr=5e-4), dataset=smoke_data, resume=True)
+
+
+def test_export_metadata_and_fp16_weights(tmp_path, smoke_data):
+    path = train(_cfg(tmp_path, steps=2), dataset=smoke_data)
+    net, meta = load_trained(str(path))
+    for key in ("family", "variant", "latent_space", "config", "classes", "data", "steps", "date", "num_heads"):
+        assert f"framebridge.{key}" in meta, key
+    assert meta["framebridge.variant"] == "bridge" and meta["framebridge.latent_space"] == "pixel"
+    assert json.loads(meta["framebridge.classes"]) == list(MOTIONS)
+    assert meta["framebridge.steps"] == "2"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert f.get_tensor("x_embedder.proj.weight").dtype == torch.float16
+
+
+def test_tiny_preset_fits_the_10_mb_budget_in_fp16():
+    for kind in ("bridge", "bridge-np", "neural-prior"):
+        net = build_network(kind, network_config(kind, "tiny", len(MOTIONS)))
+        inner = net.nwarp_model if kind == "neural-prior" else net
+        size = sum(v.numel() * 2 for v in inner.state_dict().values())
+        assert size <= 10_000_000, (kind, size)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_variant_has_a_finite_loss_and_samples_the_right_shape(kind, smoke_data):
+    sched = Schedules.default()
+    cfg = network_config(kind, "smoke", len(MOTIONS))
+    gen = torch.Generator().manual_seed(0)
+    net = build_network(kind, cfg, gen)
+    prior_net = build_network("neural-prior", network_config("neural-prior", "smoke", len(MOTIONS)), gen) \
+        if kind == "bridge-np" else None
+    video, labels = smoke_data.sample_batch(2, gen)
+    loss = training_loss(kind, net, video, labels, sched, gen, neural_prior=prior_net)
+    assert torch.isfinite(loss) and loss.ndim == 0
+    out = generate(kind, net, video[:, 0], labels, steps=3, sched=sched, cfg_scale=2.0, generator=gen,
+                   neural_prior=prior_net)
+    assert out.shape == video.shape and torch.isfinite(out).all()
+
+
+def test_widened_bridge_computes_the_plain_bridge_until_trained():
+    gen = torch.Generator().manual_seed(1)
+    plain = build_network("bridge", network_config("bridge", "smoke", 9), gen)
+    wide = build_network("bridge-np", network_config("bridge-np", "smoke", 9), gen)
+    wide.load_state_dict(widen_input(plain.state_dict(), 6))
+    x_t = torch.randn(2, 4, 3, 16, 16, generator=gen)
+    cond = torch.randn(2, 3, 16, 16, generator=gen)
+    coarse = torch.randn(2, 4, 3, 16, 16, generator=gen)
+    t, y = torch.tensor([3, 700]), torch.tensor([1, 9])
+    torch.testing.assert_close(wide.eps_psi(x_t, t, y, cond, coarse), plain.eps_psi(x_t, t, y, cond), rtol=0, atol=1e-6)
+
+
+def test_variant_requirements_are_explained():
+    with pytest.raises(ConfigError, match="--init-from"):
+        TrainConfig(kind="saf")
+    with pytest.raises(ConfigError, match="--neural-prior"):
+        TrainConfig(kind="bridge-np")
+    with pytest.raises(ConfigError, match="unknown model variant"):
+        TrainConfig(kind="flow")
+
+
+def test_ddim_with_the_exact_v_of_a_point_mass_returns_it():
+    sched = DiffusionSchedule()
+    x0 = torch.full((1, 2, 3), 0.37, dtype=torch.float64)
+
+    def oracle(x, t):  # the exact v for data concentrated at x0
+        eps = (x - sched.alpha[t] * x0) / sched.sigma[t]
+        return sched.alpha[t] * eps - sched.sigma[t] * x0
+
+    noise = torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for steps in (1, 5, 25):
+        torch.testing.assert_close(sample_ddim(oracle, noise, sched, steps), x0, rtol=0, atol=1e-9)
+
+
+def test_diffusion_trailing_grid_matches_the_diffusers_formula():
+    sched = DiffusionSchedule()
+    assert sched.timesteps(5) == [999, 799, 599, 399, 199]
+    assert sched.timesteps(25)[:3] == [999, 959, 919] and sched.timesteps(25)[-1] == 39
+    with pytest.raises(ConfigError):
+        sched.timesteps(0)
+
+
+def test_saf_network_input_is_the_aligned_state_at_the_aligned_timestep():
+    from framebridge_core.alignment import aligned_input
+    from framebridge_core.variants import _net_input, _net_timestep
+
+    sched = Schedules.default()
+    i = torch.tensor([10, 500, 990])
+    x = torch.randn(3, 2, 3, 4, 4)
+    y = torch.randn(3, 2, 3, 4, 4)
+    torch.testing.assert_close(_net_input("saf", x, y, i, sched), aligned_input(x, y, i, sched.bridge))
+    assert torch.equal(_net_input("plain-finetune", x, y, i, sched), x)
+    torch.testing.assert_close(_net_timestep("saf", i, sched), sched.t_tilde[i].float())
+    assert torch.equal(_net_timestep("plain-finetune", i, sched), i)
+    # the aligned input has the diffusion SNR of its timestep: ρ_i = √SNR(t̃_i) on the interior
+    d = (sched.diffusion.alphas_cumprod / (1 - sched.diffusion.alphas_cumprod)).sqrt()
+    t = sched.t_tilde[500]
+    lo = int(t.floor())
+    d_interp = d[lo] + (t - lo) * (d[lo + 1] - d[lo])
+    assert abs(float(d_interp / sched.bridge.rho[500]) - 1) < 1e-9
