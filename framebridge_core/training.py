@@ -21,6 +21,7 @@ import csv
 import datetime as _dt
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -187,6 +188,16 @@ class _Progress:
         self.stream.flush()
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -259,6 +270,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
                       "noise_gen": noise_gen.get_state(), "step": step, "elapsed": elapsed, "log": log},
                      state_path)
 
+    # SIGTERM (a job scheduler, `kill`) behaves like Ctrl-C: checkpoint, then stop
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     autocast = cfg.precision == "bf16"
     progress = _Progress(cfg.steps, cfg.log_every, step)
     smooth = None
@@ -299,6 +314,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
         checkpoint()
         sys.stderr.write(f"\ninterrupted at step {step}; resume with --resume\n")
         raise
+    finally:
+        if threading_is_main():
+            signal.signal(signal.SIGTERM, previous)
     checkpoint()
     sys.stderr.write("\n")
     with open(out / "loss.csv", "w", newline="") as f:

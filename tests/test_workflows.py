@@ -26,6 +26,7 @@ OUR_WIDGETS: dict[str, tuple] = {
     "FB_LoadFrameBridge": ("ckpt_name", "weight_dtype"),
     "FB_LoadNeuralPrior": ("ckpt_name",),
     "FB_UCF101Class": ("class_name",),
+    "FB_CameraMotion": ("motion",),
     "FB_BridgePriorFromImage": ("length", "resize"),
     "FB_NeuralPrior": (),
     "FB_BridgeSampler": ("seed", CONTROL, "steps", "spacing", "cfg", "method", "eta"),
@@ -94,8 +95,12 @@ def test_ui_workflow_is_a_consistent_litegraph_graph(path):
                     assert value in CONTROL_VALUES
 
 
-@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
-def test_ui_workflow_explains_where_the_weights_go(path):
+LATTE_UI = [p for p in UI_FILES if p.name.startswith("FrameBridge-Latte")]
+TINY_UI = [p for p in UI_FILES if p.name.startswith("FrameBridge-Tiny")]
+
+
+@pytest.mark.parametrize("path", LATTE_UI, ids=lambda p: p.name)
+def test_latte_ui_workflow_explains_where_the_weights_go(path):
     wf = load(path)
     notes = [n for n in wf["nodes"] if n["type"] == "MarkdownNote"]
     assert len(notes) == 1
@@ -188,6 +193,26 @@ def test_api_twins_use_the_official_latte_settings(name, bridge, neural):
     else:
         s = _by_type(prompt, "FB_BridgeSampler")
         assert (s["steps"], s["spacing"], s["cfg"], s["method"]) == (50, "iddpm", 7.0, "sde")
+
+
+@pytest.mark.parametrize("path", TINY_UI, ids=lambda p: p.name)
+def test_tiny_workflow_uses_the_bundled_models_and_core_nodes_only(path):
+    wf, prompt = load(path), load(API / path.name)
+    notes = [n for n in wf["nodes"] if n["type"] == "MarkdownNote"]
+    assert len(notes) == 1 and "no download" in notes[0]["widgets_values"][0].lower()
+    assert "pixel_space" in notes[0]["widgets_values"][0]
+    types = {n["class_type"] for n in prompt.values()}
+    assert {t for t in types if not t.startswith("FB_")} <= {"LoadImage", "VAELoader", "VAEDecode", "ImageScaleBy",
+                                                             "SaveAnimatedWEBP"}
+    assert _by_type(prompt, "VAELoader")["vae_name"] == "pixel_space"
+    bundled = {p.name for p in (ROOT / "pretrained").glob("*.safetensors")}
+    for t in ("FB_LoadFrameBridge", "FB_LoadNeuralPrior"):
+        if t in types:
+            assert _by_type(prompt, t)["ckpt_name"] in bundled, t
+    s = _by_type(prompt, "FB_BridgeSampler")
+    assert (s["steps"], s["spacing"], s["cfg"], s["method"]) == (25, "trailing", 2.0, "sde")
+    assert _by_type(prompt, "FB_BridgePriorFromImage")["length"] == 16
+    assert ("FB_NeuralPrior" in types) == path.stem.endswith("NeuralPrior")
 
 
 def test_workflows_readme_lists_every_workflow():

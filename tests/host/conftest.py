@@ -49,7 +49,7 @@ COMFY_MODULES = ("torch", "torchvision", "torchsde", "numpy", "PIL", "safetensor
                  "aiohttp", "scipy", "tqdm", "psutil", "av", "sqlalchemy", "alembic", "transformers",
                  "tokenizers", "sentencepiece", "kornia", "pydantic")
 
-FB_NODES = ("FB_LoadFrameBridge", "FB_LoadNeuralPrior", "FB_UCF101Class", "FB_BridgePriorFromImage",
+FB_NODES = ("FB_LoadFrameBridge", "FB_LoadNeuralPrior", "FB_UCF101Class", "FB_CameraMotion", "FB_BridgePriorFromImage",
             "FB_NeuralPrior", "FB_BridgeSampler", "FB_BridgeSamplerSelect", "FB_BridgeSchedule")
 
 # Stand-in files. Names match what the shipped workflows load, so the API twins run unchanged.

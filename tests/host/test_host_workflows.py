@@ -11,7 +11,8 @@ import pytest
 pytestmark = pytest.mark.host
 
 REPO = Path(__file__).resolve().parents[2]
-API_NAMES = sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json"))
+# the Latte workflows run on the random stand-in weights of conftest; others have their own tests
+API_NAMES = sorted(p.stem for p in (REPO / "workflows" / "api").glob("FrameBridge-Latte-*.json"))
 UI_FILES = sorted((REPO / "workflows").glob("*.json"))
 SAMPLERS = ("FB_BridgeSampler", "SamplerCustomAdvanced")
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -31,7 +32,7 @@ def run_ok(host, prompt):
     return run
 
 
-def test_the_three_workflows_are_there():
+def test_the_three_latte_workflows_are_there():
     assert API_NAMES == ["FrameBridge-Latte-I2V", "FrameBridge-Latte-I2V-SamplerCustomAdvanced",
                          "FrameBridge-Latte-NeuralPrior-I2V"]
 
