@@ -66,6 +66,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.999
     class_dropout: float = 0.1
+    loss_weighting: str = "sigma2-clamped"   # eps_psi variants; "uniform" = the official loss
     seed: int = 0
     ckpt_every: int = 250
     log_every: int = 25
@@ -290,7 +291,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
                 loss = training_loss(cfg.kind, net, video, labels,
                                      sched, noise_gen, class_dropout=cfg.class_dropout,
-                                     neural_prior=neural_prior)
+                                     neural_prior=neural_prior, weighting=cfg.loss_weighting)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower --lr.")
             opt.zero_grad(set_to_none=True)
@@ -339,6 +340,7 @@ def export(cfg: TrainConfig, config: LatteConfig, weights: dict[str, torch.Tenso
         "latent_space": "pixel",
         "value_range": "-1..1",
         "predicts": PREDICTS[cfg.kind],
+        "loss_weighting": cfg.loss_weighting if PREDICTS[cfg.kind] == "eps_psi" else "uniform",
         "timestep": TIMESTEP[cfg.kind],
         "num_heads": str(config.num_heads),
         "config": json.dumps(config.to_dict()),

@@ -87,10 +87,34 @@ def _net_input(kind: str, x_t: torch.Tensor, y: torch.Tensor, i, sched: Schedule
     return x_t
 
 
+#: loss weightings of the ``eps_psi`` variants (see :func:`eps_psi_weight`)
+LOSS_WEIGHTINGS = ("sigma2-clamped", "uniform")
+
+
+def eps_psi_weight(sigma: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Per-sample weight of the ``eps_psi`` MSE.
+
+    ``uniform`` is the official loss. Since ``x̂0 = x_t − σ·F``, an error ΔF costs σ²·ΔF² in x0,
+    and σ reaches 5 near the prior: under the uniform loss those high-σ terms are tiny (their
+    target is small) and a short training run leaves them imprecise, so sampling drifts from its
+    first steps. ``sigma2-clamped`` weights by max(σ², 1): x0-MSE where σ > 1, the plain
+    ``eps_psi`` MSE below (the same fix as min-SNR weighting for diffusion). The network and its
+    output are unchanged; only the emphasis of training moves.
+    """
+    if weighting == "uniform":
+        return torch.ones_like(sigma)
+    if weighting == "sigma2-clamped":
+        return sigma.pow(2).clamp(min=1.0)
+    raise ConfigError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}.")
+
+
 def training_loss(kind: str, model, video: torch.Tensor, labels: torch.Tensor, sched: Schedules,
                   generator: torch.Generator, *, class_dropout: float = 0.1,
-                  neural_prior: Optional[torch.nn.Module] = None) -> torch.Tensor:
-    """Mean-squared training loss of one batch of clean videos ``[B, F, C, H, W]`` in [-1, 1]."""
+                  neural_prior: Optional[torch.nn.Module] = None,
+                  weighting: str = "sigma2-clamped") -> torch.Tensor:
+    """Mean-squared training loss of one batch of clean videos ``[B, F, C, H, W]`` in [-1, 1].
+
+    ``weighting`` applies to the ``eps_psi`` variants (``bridge``, ``bridge-np``) only."""
     check_kind(kind)
     B, Fr = video.shape[:2]
     cfg = model.config
@@ -117,7 +141,10 @@ def training_loss(kind: str, model, video: torch.Tensor, labels: torch.Tensor, s
     x_in = model.build_bridge_input(_net_input(kind, x_t, y, t, sched), cond, coarse)
     out = model(x_in, _net_timestep(kind, t, sched), labels, drop_condition_frame=True)
     if kind in ("bridge", "bridge-np"):
-        target = (x_t - video) / gather(sched.bridge.sigma, t, video)
+        sigma = gather(sched.bridge.sigma, t, video)
+        target = (x_t - video) / sigma
+        w = eps_psi_weight(sigma.float(), weighting)
+        return (w * (out.float() - target.float()).pow(2)).mean()
     else:
         target = training_target("v_aligned", video, y, noise, t, sched.bridge)
     return F.mse_loss(out.float(), target.float())

@@ -170,3 +170,16 @@ def test_saf_network_input_is_the_aligned_state_at_the_aligned_timestep():
     lo = int(t.floor())
     d_interp = d[lo] + (t - lo) * (d[lo + 1] - d[lo])
     assert abs(float(d_interp / sched.bridge.rho[500]) - 1) < 1e-9
+
+
+def test_eps_psi_loss_weighting_is_x0_mse_above_sigma_1_and_official_below():
+    from framebridge_core.variants import eps_psi_weight
+
+    sched = Schedules.default()
+    sigma = sched.bridge.sigma[[10, 199, 500, 999]].float()
+    w = eps_psi_weight(sigma, "sigma2-clamped")
+    assert w[0] == 1 and w[1] == 1
+    torch.testing.assert_close(w[2:], sigma[2:] ** 2)
+    assert torch.equal(eps_psi_weight(sigma, "uniform"), torch.ones(4))
+    with pytest.raises(ConfigError, match="unknown loss weighting"):
+        eps_psi_weight(sigma, "snr")

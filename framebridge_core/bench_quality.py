@@ -1,0 +1,545 @@
+"""Quality benchmark: FrameBridge vs diffusion vs FrameBridge + neural prior vs SAF vs plain fine-tuning.
+
+    python -m framebridge_core bench quality --runs runs --nfe 5,10,25,50 --clips 144
+
+(a script, not part of the tests; ``benchmarks/train_bench.sh`` trains the models first). On held-out
+clips of the camera-motion dataset (the TEST split's source images, balanced over the 9 motions),
+every trained variant animates the ground truth's first frame with the ground truth's motion class
+at each number of function evaluations (NFE), and is scored against the ground truth:
+
+* PSNR and SSIM per frame (frames 1..F−1), the last frame's PSNR, and first-frame fidelity (PSNR of
+  generated frame 0 against the conditioning image); see :mod:`framebridge_core.metrics`;
+* a Fréchet distance (FD) in the 64-d features of a small motion classifier trained on TRAIN-split
+  ground truth, against a second, disjoint draw of real test clips of the same size; the
+  real-vs-real FD (the ground truth of the evaluation clips against that reference set) is the
+  floor a perfect generator would reach at this sample size;
+* the classifier's accuracy on generated clips (is the requested motion recognisable?);
+* sampling seconds per clip.
+
+Baselines: copying the first frame to every frame, and the ground truth itself. The neural prior
+alone is one network pass and is shown once (NFE 1). Generated videos are clamped to [-1, 1]
+before scoring. Class guidance is off by default (``--cfg 1``), the same for every variant.
+
+Models are read from ``<runs>/<variant>/model.safetensors``; a missing variant is reported and
+skipped. Progress goes to stderr; stdout gets the tables and ends with the line
+``bridge/diffusion FD ratio at 25 NFE: <x>``. The tables, the configuration and the exact
+commands are written to ``--out`` (``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+#: Variants in the order they are evaluated and listed.
+VARIANTS = ("bridge", "diffusion", "bridge-np", "neural-prior", "saf", "plain-finetune")
+#: The order they are trained in (``benchmarks/train_bench.sh``).
+TRAIN_ORDER = ("bridge", "diffusion", "neural-prior", "bridge-np", "saf", "plain-finetune")
+LABELS = {
+    "bridge": "FrameBridge",
+    "diffusion": "diffusion (DDIM)",
+    "bridge-np": "FrameBridge + neural prior",
+    "neural-prior": "neural prior alone",
+    "saf": "SAF (diffusion → bridge)",
+    "plain-finetune": "non-SAF fine-tune",
+    "copy": "copy first frame",
+    "real": "ground truth (real-vs-real floor)",
+}
+RATIO_NFE = 25
+DEFAULT_CLASSIFIER = "motion-classifier.safetensors"
+CLASSIFIER_FORMAT = "1"
+
+
+def _parse_nfe(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 or v > 999 for v in values):
+        raise argparse.ArgumentTypeError(f"--nfe takes a comma list of integers in 1..999, got {text!r}")
+    return sorted(set(values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m framebridge_core bench quality",
+        description="Quality benchmark of the trained variants on held-out camera-motion clips.")
+    p.add_argument("--runs", default="runs", help="folder with <variant>/model.safetensors (default: runs)")
+    p.add_argument("--nfe", type=_parse_nfe, default=[5, 10, 25, 50],
+                   help="function evaluations to test, comma list (default: 5,10,25,50)")
+    p.add_argument("--clips", type=int, default=144,
+                   help="held-out evaluation clips, balanced over the 9 motions (default: 144)")
+    p.add_argument("--cfg", type=float, default=1.0,
+                   help="class guidance scale for every variant (default: 1.0 = no guidance)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the evaluation set (reference set: seed+1), sampler noise and classifier")
+    p.add_argument("--method", choices=["sde", "ode", "mixed"], default="sde",
+                   help="bridge sampler (default: sde); diffusion always uses DDIM")
+    p.add_argument("--batch", type=int, default=16, help="clips per generation batch (default: 16)")
+    p.add_argument("--classifier", default=None,
+                   help=f"motion classifier cache (default: <runs>/{DEFAULT_CLASSIFIER}); trained if missing")
+    p.add_argument("--classifier-steps", type=int, default=800,
+                   help="training steps of the classifier when it is trained (default: 800)")
+    p.add_argument("--classifier-batch", type=int, default=32, help="classifier training batch (default: 32)")
+    p.add_argument("--preset", default=None,
+                   help="data size preset when no model is found (default: read from the models)")
+    p.add_argument("--sources", default=None,
+                   help="comma list of image sources (default: those the models were trained on)")
+    p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown report (default: benchmarks/RESULTS.md)")
+    p.add_argument("--json", default=None, help="also write every number as JSON to this file")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: 0 = leave as is)")
+    return p
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _train_command(path: Path) -> Optional[str]:
+    """The training command of a run, rebuilt from its ``state.pt`` (None when unreadable)."""
+    from dataclasses import asdict
+
+    from .training import STATE_FILE, TrainConfig
+
+    state = path.parent / STATE_FILE
+    if not state.is_file():
+        return None
+    try:
+        cfg = torch.load(state, map_location="cpu", weights_only=True)["config"]
+    except Exception:  # an unreadable or foreign state file only costs the command line
+        return None
+    defaults = asdict(TrainConfig())
+    parts = ["python -m framebridge_core train", "--kind", str(cfg["kind"]), "--preset", str(cfg["preset"])]
+    for key, value in cfg.items():
+        if key in ("kind", "preset") or key not in defaults:
+            continue
+        if key == "sources":
+            if tuple(value) != tuple(defaults[key]):
+                parts += ["--sources", ",".join(value)]
+        elif key == "out" or value != defaults[key]:
+            parts += ["--" + key.replace("_", "-"), shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+def _load_models(runs: Path) -> tuple[dict, dict[str, str]]:
+    from .training import EXPORT_FILE, META_PREFIX, load_trained
+
+    models, missing = {}, {}
+    for kind in VARIANTS:
+        path = runs / kind / EXPORT_FILE
+        if not path.is_file():
+            missing[kind] = f"{path} not found"
+            continue
+        net, meta = load_trained(str(path), kind)
+        meta = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        if meta.get("variant", kind) != kind:
+            missing[kind] = f"{path} holds a {meta.get('variant')!r} model, not {kind!r}"
+            continue
+        models[kind] = {"net": net, "meta": meta, "path": path, "command": _train_command(path)}
+    if "bridge-np" in models and "neural-prior" not in models:
+        del models["bridge-np"]
+        missing["bridge-np"] = "needs the neural-prior model, which is missing"
+    return models, missing
+
+
+def _preset_name(config) -> str:
+    from .training import PRESETS
+
+    for name, p in PRESETS.items():
+        if (p["size"], p["frames"], p["patch"], p["hidden"], p["depth"], p["heads"]) == (
+                config.input_size, config.num_frames, config.patch_size, config.hidden_size,
+                config.depth, config.num_heads):
+            return name
+    return "custom"
+
+
+def _geometry(models: dict, preset: Optional[str]) -> tuple[int, int, str]:
+    from .training import PRESETS
+
+    if not models:
+        name = preset or "bench"
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+        return PRESETS[name]["size"], PRESETS[name]["frames"], name
+    shapes = {k: (m["net"].config.input_size, m["net"].config.num_frames) for k, m in models.items()}
+    if len(set(shapes.values())) > 1:
+        raise ConfigError("the models differ in size or frame count: "
+                          + ", ".join(f"{k} {s}px x {f} frames" for k, (s, f) in shapes.items())
+                          + "; train every variant with the same --preset.")
+    size, frames = next(iter(shapes.values()))
+    names = {_preset_name(m["net"].config) for k, m in models.items() if k != "neural-prior"}
+    return size, frames, "/".join(sorted(names)) or _preset_name(next(iter(models.values()))["net"].config)
+
+
+def _sources(models: dict, text: Optional[str]) -> tuple[str, ...]:
+    from .data.sources import SOURCE_KINDS
+
+    if text:
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+    found = set()
+    for m in models.values():
+        hit = re.search(r"sources ([a-z+]+)\)", m["meta"].get("data", ""))
+        if hit:
+            found.add(tuple(hit.group(1).split("+")))
+    if len(found) > 1:
+        raise ConfigError(f"the models were trained on different image sources ({sorted(found)}); "
+                          "pass --sources to choose the evaluation sources.")
+    return found.pop() if found else tuple(SOURCE_KINDS)
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def _classifier(path: Path, args, size: int, frames: int, sources: tuple[str, ...], heldout) -> tuple:
+    from .data.camera_motion import CameraMotionDataset
+    from .metrics import classifier_accuracy, load_classifier, save_classifier, train_motion_classifier
+
+    want = {"size": str(size), "frames": str(frames), "sources": "+".join(sources), "format": CLASSIFIER_FORMAT}
+    if path.is_file():
+        model, meta = load_classifier(path)
+        if all(meta.get(k) == v for k, v in want.items()):
+            _log(f"motion classifier: {path} (cached)")
+            return model, meta, True
+        _log(f"motion classifier: {path} was trained for other data "
+             f"({ {k: meta.get(k) for k in want} }); training a new one")
+    train_set = CameraMotionDataset("train", size=size, frames=frames, seed=args.seed, include=sources)
+    _log(f"motion classifier: training {args.classifier_steps} steps x {args.classifier_batch} clips "
+         f"on {train_set.num_sources} TRAIN-split sources")
+    t0 = time.time()
+    gen = torch.Generator().manual_seed(args.seed * 7919 + 17)
+    model = train_motion_classifier(train_set, args.classifier_steps, args.classifier_batch, gen,
+                                    log=_log, log_every=max(1, args.classifier_steps // 8),
+                                    init_seed=args.seed)
+    meta = dict(want, steps=str(args.classifier_steps), batch=str(args.classifier_batch), seed=str(args.seed),
+                train_seconds=f"{time.time() - t0:.0f}",
+                train_sources=str(train_set.num_sources),
+                heldout_accuracy=f"{classifier_accuracy(model, *heldout):.4f}",
+                heldout_clips=str(len(heldout[1])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_classifier(model, path, meta)
+    return model, meta, False
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _score(video: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, clf, ref_feats) -> dict:
+    from .metrics import classifier_accuracy, extract_features, frechet_distance, psnr, ssim
+
+    p = psnr(video, truth)  # [N, F]
+    s = ssim(video, truth)
+    first = psnr(video[:, 0], truth[:, 0])
+    return {
+        "psnr": float(p[:, 1:].mean()),
+        "ssim": float(s[:, 1:].mean()),
+        "last_psnr": float(p[:, -1].mean()),
+        "first_psnr": float(first.mean()),
+        "psnr_by_frame": [round(float(v), 3) for v in p.mean(0)],
+        "fd": frechet_distance(extract_features(clf, video), ref_feats),
+        "accuracy": classifier_accuracy(clf, video, labels),
+    }
+
+
+def _generate_all(kind: str, models: dict, first: torch.Tensor, labels: torch.Tensor, nfe: int,
+                  args, sched) -> tuple[torch.Tensor, float, bool]:
+    from .variants import generate
+
+    net = models[kind]["net"]
+    prior_net = models["neural-prior"]["net"] if kind == "bridge-np" else None
+    outs, seconds = [], 0.0
+    for b, start in enumerate(range(0, first.shape[0], args.batch)):
+        sl = slice(start, start + args.batch)
+        gen = torch.Generator().manual_seed(args.seed * 100003 + 1009 * b + 7)  # same noise for every variant
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = generate(kind, net, first[sl], labels[sl], steps=nfe, sched=sched, cfg_scale=args.cfg,
+                           generator=gen, neural_prior=prior_net, method=args.method)
+        seconds += time.perf_counter() - t0
+        outs.append(out.float())
+    video = torch.cat(outs)
+    finite = bool(torch.isfinite(video).all())
+    return torch.nan_to_num(video, 0.0, 1.0, -1.0).clamp(-1.0, 1.0), seconds, finite
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(v, spec: str) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return format(v, spec)
+
+
+COLUMNS = ("variant", "NFE", "PSNR 1..F−1 (dB) ↑", "SSIM 1..F−1 ↑", "last-frame PSNR ↑", "first-frame PSNR ↑",
+           "FD ↓", "motion acc. ↑", "s/clip")
+
+
+def _row_cells(r: dict) -> list[str]:
+    acc = r.get("accuracy")
+    return [LABELS[r["variant"]], "—" if r["nfe"] is None else str(r["nfe"]),
+            _fmt(r.get("psnr"), ".2f"), _fmt(r.get("ssim"), ".3f"), _fmt(r.get("last_psnr"), ".2f"),
+            _fmt(r.get("first_psnr"), ".2f"), _fmt(r.get("fd"), ".4g"),
+            "—" if acc is None else f"{100 * acc:.1f}%", _fmt(r.get("sec_per_clip"), ".3g")]
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _main_table(rows: list[dict]) -> str:
+    return _md_table(COLUMNS, [_row_cells(r) for r in rows])
+
+
+def _fd_table(rows: list[dict], nfes: list[int], floor: float) -> str:
+    kinds = [k for k in VARIANTS if any(r["variant"] == k for r in rows)]
+    header = ["FD ↓ by NFE"] + [str(n) for n in nfes]
+    body = []
+    for k in kinds:
+        by = {r["nfe"]: r["fd"] for r in rows if r["variant"] == k}
+        if k == "neural-prior":
+            body.append([LABELS[k] + " (1 pass)"] + [_fmt(by.get(1), ".4g")] * len(nfes))
+        else:
+            body.append([LABELS[k]] + [_fmt(by.get(n), ".4g") for n in nfes])
+    copy = next((r["fd"] for r in rows if r["variant"] == "copy"), None)
+    body.append([LABELS["copy"]] + [_fmt(copy, ".4g")] * len(nfes))
+    body.append([LABELS["real"]] + [_fmt(floor, ".4g")] * len(nfes))
+    return _md_table(header, body)
+
+
+def _frame_table(rows: list[dict], nfes: list[int], frames: int) -> str:
+    """Mean PSNR of every frame index at one NFE (the ratio's, else the largest)."""
+    nfe = RATIO_NFE if RATIO_NFE in nfes else max(nfes)
+    picked = [r for r in rows if r["variant"] == "copy"
+              or (r["variant"] in VARIANTS and (r["nfe"] == nfe or r["variant"] == "neural-prior"))]
+    header = [f"PSNR (dB) by frame, {nfe} NFE"] + [str(i) for i in range(frames)]
+    body = [[LABELS[r["variant"]] + (f" ({r['nfe']} NFE)" if r["variant"] == "neural-prior" else "")]
+            + [f"{v:.2f}" for v in r["psnr_by_frame"]] for r in picked]
+    return _md_table(header, body)
+
+
+def _ratio(rows: list[dict]) -> Optional[float]:
+    fd = {r["variant"]: r["fd"] for r in rows if r["nfe"] == RATIO_NFE}
+    if "bridge" not in fd or "diffusion" not in fd:
+        return None
+    if fd["diffusion"] == 0:
+        return math.inf if fd["bridge"] > 0 else 1.0
+    return fd["bridge"] / fd["diffusion"]
+
+
+def _reading(rows: list[dict], nfes: list[int], floor: float) -> list[str]:
+    """Plain statements of who wins, computed from the numbers."""
+    out = []
+    gen = [r for r in rows if r["variant"] in VARIANTS]
+    for n in nfes:
+        at = [r for r in gen if r["nfe"] == n or (r["variant"] == "neural-prior" and r["nfe"] == 1)]
+        if len(at) < 2:
+            continue
+        best = min(at, key=lambda r: r["fd"])
+        best_psnr = max(at, key=lambda r: r["psnr"])
+        out.append(f"At {n} NFE the lowest FD is {LABELS[best['variant']]} ({best['fd']:.4g}; floor {floor:.4g}) "
+                   f"and the highest PSNR is {LABELS[best_psnr['variant']]} ({best_psnr['psnr']:.2f} dB).")
+    ratio = _ratio(rows)
+    if ratio is not None:
+        verdict = "lower (better)" if ratio < 1 else "higher (worse)" if ratio > 1 else "equal"
+        out.append(f"At {RATIO_NFE} NFE FrameBridge's FD is {ratio:.3g}x the diffusion model's: {verdict}.")
+    copy = next((r for r in rows if r["variant"] == "copy"), None)
+    if copy is not None:
+        beat = sorted({LABELS[r["variant"]] for r in gen if r["fd"] < copy["fd"]})
+        out.append("Variants whose FD beats copying the first frame at some NFE: "
+                   + (", ".join(beat) if beat else "none") + ".")
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _write_report(path: Path, *, argv: Sequence[str], args, rows, nfes, floor, models, missing, preset, size,
+                  frames, sources, test_set, clf_meta, clf_params, clf_cached, heldout_acc, per_class, notes,
+                  seconds) -> None:
+    from .data.camera_motion import MOTIONS
+
+    ratio = _ratio(rows)
+    ratio_text = "n/a" if ratio is None else f"{ratio:.3g}"
+    bench_cmd = "python -m framebridge_core bench quality " + " ".join(shlex.quote(a) for a in argv)
+    L = ["# Quality benchmark results", "",
+         f"Written by `{bench_cmd.strip()}` on {_dt.datetime.now().isoformat(timespec='minutes')} "
+         f"({seconds / 60:.1f} min; torch {torch.__version__}, torch threads: {torch.get_num_threads()}, CPU: {_cpu_name()}). "
+         "The metrics are explained in [README.md](README.md).", "",
+         "## Configuration", "",
+         f"* Preset: `{preset}` ({size}x{size} px, {frames} frames per clip).",
+         f"* Evaluation set: {args.clips} held-out clips from the TEST split "
+         f"(`CameraMotionDataset('test', include={'+'.join(sources)}).fixed_set({args.clips}, seed={args.seed})`; "
+         f"{test_set.num_sources} source images never seen in training), balanced over the {len(MOTIONS)} motions. "
+         f"Each variant animates each clip's first frame with the clip's motion class.",
+         f"* FD reference set: a second draw, `fixed_set({args.clips}, seed={args.seed + 1})`, of the same size.",
+         f"* Sampling: bridges `{args.method}` on the trailing grid, diffusion DDIM; NFE = sampler steps; "
+         f"class guidance scale {args.cfg:g}" + (" (no guidance, the same for every variant)" if args.cfg == 1 else "")
+         + f"; sampler noise seeded per batch of {args.batch} from seed {args.seed}, the same for every variant.",
+         "* Generated videos are clamped to [-1, 1] before scoring.", ""]
+    L += ["## Models", ""]
+    mrows = []
+    for k in VARIANTS:
+        if k in models:
+            m = models[k]["meta"]
+            mrows.append([LABELS[k], f"`{models[k]['path']}`", m.get("steps", "?"), m.get("train_minutes", "?"),
+                          m.get("batch", "?"), m.get("seed", "?"), m.get("date", "?")])
+        else:
+            mrows.append([LABELS[k], "missing: " + missing.get(k, "?"), "—", "—", "—", "—", "—"])
+    L += [_md_table(["variant", "file", "train steps", "train minutes", "batch", "seed", "date"], mrows), ""]
+    L += ["## Motion classifier", "",
+          f"`MotionClassifier` ({clf_params / 1000:.0f}k parameters, 64-d features), "
+          + ("loaded from the cache " if clf_cached else "trained for this run ")
+          + f"`{args.classifier or Path(args.runs) / DEFAULT_CLASSIFIER}`: {clf_meta.get('steps', '?')} steps x "
+          f"{clf_meta.get('batch', '?')} TRAIN-split ground-truth clips ({clf_meta.get('train_seconds', '?')} s). "
+          f"Accuracy on the {2 * args.clips} held-out real clips (evaluation + reference sets): "
+          f"**{100 * heldout_acc:.1f}%**.", "",
+          _md_table(["motion"] + list(MOTIONS), [["accuracy"] + [f"{100 * a:.0f}%" for a in per_class]]), ""]
+    L += ["## Results", "", _main_table(rows), "", _fd_table(rows, nfes, floor), "",
+          _frame_table(rows, nfes, frames), "", f"**bridge/diffusion FD ratio at {RATIO_NFE} NFE: {ratio_text}**", ""]
+    L += ["Reading (generated from the numbers above):", ""] + [f"* {s}" for s in _reading(rows, nfes, floor)] + [""]
+    if notes:
+        L += ["Notes:", ""] + [f"* {n}" for n in notes] + [""]
+    L += ["## Commands", "", "Training (`benchmarks/train_bench.sh`, which adds `--resume`; each run's options as last "
+          "invoked, read from its `state.pt`):",
+          "", "```sh"]
+    for k in TRAIN_ORDER:
+        if k in models:
+            L.append(models[k]["command"] or f"# {k}: no state.pt next to {models[k]['path']}")
+    L += ["```", "", "Benchmark:", "", "```sh", bench_cmd.strip(), "```", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(L), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .data.camera_motion import MOTIONS, CameraMotionDataset
+    from .metrics import classifier_accuracy, extract_features
+    from .variants import Schedules
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.clips < 2 or args.batch < 1:
+        raise ConfigError(f"--clips must be >= 2 and --batch >= 1, got {args.clips} and {args.batch}.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.time()
+    runs = Path(args.runs)
+    models, missing = _load_models(runs)
+    for k, why in missing.items():
+        _log(f"skipping {k}: {why}")
+    size, frames, preset = _geometry(models, args.preset)
+    for k, m in models.items():
+        if m["net"].config.num_classes != len(MOTIONS):
+            raise ConfigError(f"{m['path']} has {m['net'].config.num_classes} classes; the camera-motion "
+                              f"benchmark needs {len(MOTIONS)}.")
+    sources = _sources(models, args.sources)
+
+    test_set = CameraMotionDataset("test", size=size, frames=frames, seed=args.seed, include=sources)
+    truth, labels, _ = test_set.fixed_set(args.clips, seed=args.seed)
+    ref, ref_labels, _ = test_set.fixed_set(args.clips, seed=args.seed + 1)
+    _log(f"evaluation: {args.clips} test clips of {size}px x {frames} frames from {test_set.num_sources} "
+         f"sources ({'+'.join(sources)}); variants {', '.join(models) or 'none'}")
+
+    clf_path = Path(args.classifier) if args.classifier else runs / DEFAULT_CLASSIFIER
+    heldout = (torch.cat([truth, ref]), torch.cat([labels, ref_labels]))
+    clf, clf_meta, cached = _classifier(clf_path, args, size, frames, sources, heldout)
+    heldout_acc = classifier_accuracy(clf, *heldout)
+    with torch.no_grad():
+        pred = torch.cat([clf(heldout[0][i:i + 64]).argmax(1) for i in range(0, len(heldout[1]), 64)])
+    per_class = [float((pred[heldout[1] == c] == c).float().mean()) if (heldout[1] == c).any() else float("nan")
+                 for c in range(len(MOTIONS))]
+    _log(f"motion classifier accuracy on {len(heldout[1])} held-out real clips: {heldout_acc:.3f}")
+    ref_feats = extract_features(clf, ref)
+
+    rows: list[dict] = []
+    notes: list[str] = []
+    real = _score(truth, truth, labels, clf, ref_feats)
+    floor = real["fd"]
+    rows.append({"variant": "real", "nfe": None, "fd": floor, "accuracy": real["accuracy"],
+                 "psnr_by_frame": real["psnr_by_frame"]})
+    copy = truth[:, :1].expand_as(truth).contiguous()
+    rows.append(dict(_score(copy, truth, labels, clf, ref_feats), variant="copy", nfe=0, sec_per_clip=0.0))
+    _log(f"real-vs-real FD floor {floor:.4g}; copy-first-frame FD {rows[-1]['fd']:.4g}")
+
+    sched = Schedules.default()
+    first = truth[:, 0]
+    for kind in VARIANTS:
+        if kind not in models:
+            continue
+        for nfe in ([1] if kind == "neural-prior" else args.nfe):
+            video, seconds, finite = _generate_all(kind, models, first, labels, nfe, args, sched)
+            row = dict(_score(video, truth, labels, clf, ref_feats), variant=kind, nfe=nfe,
+                       sec_per_clip=seconds / args.clips)
+            if not finite:
+                notes.append(f"{LABELS[kind]} at {nfe} NFE produced non-finite values (replaced by 0 before scoring).")
+            rows.append(row)
+            _log(f"{kind:>15} NFE {nfe:>3}: PSNR {row['psnr']:.2f} SSIM {row['ssim']:.3f} FD {row['fd']:.4g} "
+                 f"acc {row['accuracy']:.3f} ({seconds:.1f} s)")
+
+    # ground truth last: a reference line under the generated rows
+    rows = [r for r in rows if r["variant"] != "real"] + [r for r in rows if r["variant"] == "real"]
+    ratio = _ratio(rows)
+    ratio_text = "n/a" if ratio is None else f"{ratio:.3g}"
+    if ratio is None:
+        notes.append(f"The FD ratio needs both the bridge and the diffusion model evaluated at {RATIO_NFE} NFE.")
+    out = Path(args.out)
+    _write_report(out, argv=argv, args=args, rows=rows, nfes=args.nfe, floor=floor, models=models, missing=missing,
+                  preset=preset, size=size, frames=frames, sources=sources, test_set=test_set, clf_meta=clf_meta,
+                  clf_params=sum(p.numel() for p in clf.parameters()), clf_cached=cached,
+                  heldout_acc=heldout_acc, per_class=per_class, notes=notes, seconds=time.time() - t_start)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "argv": argv, "preset": preset, "size": size, "frames": frames, "sources": list(sources),
+            "clips": args.clips, "seed": args.seed, "cfg": args.cfg, "nfe": args.nfe, "method": args.method,
+            "fd_floor": floor, "classifier_accuracy": heldout_acc, "classifier_per_class": per_class,
+            "classifier": clf_meta, "missing": missing, "ratio": ratio, "rows": rows,
+            "models": {k: {"path": str(m["path"]), "meta": m["meta"], "command": m["command"]}
+                       for k, m in models.items()},
+        }, indent=1), encoding="utf-8")
+    _log(f"wrote {out} ({(time.time() - t_start) / 60:.1f} min)")
+
+    print(_main_table(rows))
+    print()
+    print(_fd_table(rows, args.nfe, floor))
+    print()
+    print(f"classifier accuracy on held-out real clips: {100 * heldout_acc:.1f}%; real-vs-real FD floor: {floor:.4g}")
+    for k, why in missing.items():
+        print(f"missing: {k} ({why})")
+    print(f"bridge/diffusion FD ratio at {RATIO_NFE} NFE: {ratio_text}")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
