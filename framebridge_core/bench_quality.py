@@ -45,7 +45,10 @@ import torch
 from .errors import ConfigError
 
 #: Variants in the order they are evaluated and listed.
-VARIANTS = ("bridge", "diffusion", "bridge-np", "neural-prior", "saf", "plain-finetune")
+VARIANTS = ("bridge", "diffusion", "bridge-np", "neural-prior", "saf", "plain-finetune", "bridge-precond")
+#: run folders holding a model of another variant: ``bridge-precond`` is a ``bridge`` trained with
+#: ``--bridge-output precond`` (the output of the bundled tiny models); optional
+VARIANT_OF = {"bridge-precond": "bridge"}
 #: The order they are trained in (``benchmarks/train_bench.sh``).
 TRAIN_ORDER = ("bridge", "diffusion", "neural-prior", "bridge-np", "saf", "plain-finetune")
 LABELS = {
@@ -55,6 +58,7 @@ LABELS = {
     "neural-prior": "neural prior alone",
     "saf": "SAF (diffusion → bridge)",
     "plain-finetune": "non-SAF fine-tune",
+    "bridge-precond": "FrameBridge, precond output (ours)",
     "copy": "copy first frame",
     "real": "ground truth (real-vs-real floor)",
 }
@@ -147,9 +151,9 @@ def _load_models(runs: Path) -> tuple[dict, dict[str, str]]:
         if not path.is_file():
             missing[kind] = f"{path} not found"
             continue
-        net, meta = load_trained(str(path), kind)
+        net, meta = load_trained(str(path), VARIANT_OF.get(kind, kind))
         meta = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-        if meta.get("variant", kind) != kind:
+        if meta.get("variant", kind) != VARIANT_OF.get(kind, kind):
             missing[kind] = f"{path} holds a {meta.get('variant')!r} model, not {kind!r}"
             continue
         models[kind] = {"net": net, "meta": meta, "path": path, "command": _train_command(path)}
@@ -269,7 +273,7 @@ def _generate_all(kind: str, models: dict, first: torch.Tensor, labels: torch.Te
         gen = torch.Generator().manual_seed(args.seed * 100003 + 1009 * b + 7)  # same noise for every variant
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = generate(kind, net, first[sl], labels[sl], steps=nfe, sched=sched, cfg_scale=args.cfg,
+            out = generate(VARIANT_OF.get(kind, kind), net, first[sl], labels[sl], steps=nfe, sched=sched, cfg_scale=args.cfg,
                            generator=gen, neural_prior=prior_net, method=args.method)
         seconds += time.perf_counter() - t0
         outs.append(out.float())

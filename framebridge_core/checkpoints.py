@@ -479,3 +479,8 @@ __all__ = [
     "load_model", "load_state_dict", "load_weights_strict", "normalize_state_dict",
     "register_family", "registered_families",
 ]
+
+
+# Further families register themselves on import; import them here so that load_model and
+# detect_family know every family without the caller importing it first.
+from . import videocrafter  # noqa: E402,F401

@@ -67,6 +67,7 @@ class TrainConfig:
     ema: float = 0.999
     class_dropout: float = 0.1
     loss_weighting: str = "sigma2-clamped"   # eps_psi variants; "uniform" = the official loss
+    bridge_output: str = "eps_psi"           # bridge / bridge-np network output: eps_psi or precond
     seed: int = 0
     ckpt_every: int = 250
     log_every: int = 25
@@ -94,13 +95,14 @@ class TrainConfig:
             raise ConfigError(f"batch and steps must be positive, got batch={self.batch}, steps={self.steps}.")
 
 
-def network_config(kind: str, preset: str, num_classes: int) -> LatteConfig:
+def network_config(kind: str, preset: str, num_classes: int, output: str = "eps_psi") -> LatteConfig:
     p = PRESETS[preset]
     common = dict(input_size=p["size"], patch_size=p["patch"], hidden_size=p["hidden"], depth=p["depth"],
                   num_heads=p["heads"], num_frames=p["frames"], num_classes=num_classes, out_channels=3)
     if kind == "neural-prior":
         return LatteConfig(in_channels=3, condition_type=None, has_timestep=False, **common)
-    return LatteConfig(in_channels=6 if kind == "bridge-np" else 3, **common)
+    out = output if kind in ("bridge", "bridge-np") else "eps_psi"
+    return LatteConfig(in_channels=6 if kind == "bridge-np" else 3, output=out, **common)
 
 
 def build_network(kind: str, config: LatteConfig, generator: Optional[torch.Generator] = None) -> torch.nn.Module:
@@ -233,7 +235,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
         torch.set_num_threads(cfg.threads)
     dataset = dataset if dataset is not None else _dataset(cfg)
     num_classes = len(_motions(dataset))
-    config = network_config(cfg.kind, cfg.preset, num_classes)
+    config = network_config(cfg.kind, cfg.preset, num_classes, cfg.bridge_output)
     init_gen = torch.Generator().manual_seed(cfg.seed)
     net = build_network(cfg.kind, config, init_gen)
     inner = _inner(net)
@@ -339,7 +341,7 @@ def export(cfg: TrainConfig, config: LatteConfig, weights: dict[str, torch.Tenso
         "variant": cfg.kind,
         "latent_space": "pixel",
         "value_range": "-1..1",
-        "predicts": PREDICTS[cfg.kind],
+        "predicts": config.output if cfg.kind in ("bridge", "bridge-np") else PREDICTS[cfg.kind],
         "loss_weighting": cfg.loss_weighting if PREDICTS[cfg.kind] == "eps_psi" else "uniform",
         "timestep": TIMESTEP[cfg.kind],
         "num_heads": str(config.num_heads),

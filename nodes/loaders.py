@@ -109,6 +109,12 @@ class LoadFrameBridge(io.ComfyNode):
                 f"'{ckpt_name}' is a FrameBridge neural prior network, not a bridge model: load it with "
                 f"'Load Neural Prior' and connect it to the 'Neural Prior' node."
             )
+        if info.name == "videocrafter_bridge":
+            from ..framebridge_core.videocrafter import split_checkpoint
+            from .videocrafter import build_videocrafter_patcher
+
+            return io.NodeOutput(build_videocrafter_patcher(info.config, split_checkpoint(sd),
+                                                            WEIGHT_DTYPES[weight_dtype]))
         if info.name != LATTE_BRIDGE:
             raise CheckpointError(f"'{ckpt_name}' is a '{info.name}' checkpoint; Load FrameBridge supports "
                                   f"FrameBridge-Latte bridge models.")

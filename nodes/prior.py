@@ -60,6 +60,9 @@ class BridgePriorFromImage(io.ComfyNode):
                 io.Combo.Input("resize", options=list(RESIZE_MODES), default="center crop",
                                tooltip="How to bring the image to the model's resolution: resize the short side "
                                        "and crop the centre (the official preprocessing), stretch, or require an exact fit."),
+                io.ClipVisionOutput.Input("clip_vision_output", optional=True,
+                                          tooltip="FrameBridge-VideoCrafter only: 'CLIP Vision Encode' (crop center) "
+                                                  "of the same image; its tokens condition the network."),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive"),
@@ -69,7 +72,7 @@ class BridgePriorFromImage(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, vae, image, positive, negative, length, resize) -> io.NodeOutput:
+    def execute(cls, model, vae, image, positive, negative, length, resize, clip_vision_output=None) -> io.NodeOutput:
         info = require_bridge_model(model, "Bridge Prior from Image")
         if length != info.num_frames:
             raise ShapeError(
@@ -100,6 +103,10 @@ class BridgePriorFromImage(io.ComfyNode):
             )
         prior = latent.repeat_interleave(length, dim=0).to(mm.intermediate_device())
         values = {"fb_cond_frame": prior, "fb_neural_prior": False}
+        if info.family == "videocrafter":
+            from .videocrafter import videocrafter_prior_values
+
+            values = videocrafter_prior_values(model, prior, length, clip_vision_output)
         positive = node_helpers.conditioning_set_values(positive, values)
         negative = node_helpers.conditioning_set_values(negative, values)
         return io.NodeOutput(positive, negative, {"samples": prior})

@@ -27,6 +27,8 @@ OUR_WIDGETS: dict[str, tuple] = {
     "FB_LoadNeuralPrior": ("ckpt_name",),
     "FB_UCF101Class": ("class_name",),
     "FB_CameraMotion": ("motion",),
+    "FB_LoadFrameBridgeCheckpoint": ("ckpt_name", "weight_dtype"),
+    "FB_FrameStride": ("frame_stride",),
     "FB_BridgePriorFromImage": ("length", "resize"),
     "FB_NeuralPrior": (),
     "FB_BridgeSampler": ("seed", CONTROL, "steps", "spacing", "cfg", "method", "eta"),

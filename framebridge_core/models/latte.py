@@ -51,6 +51,9 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError
 
+#: meanings of the bridge network output (LatteConfig.output)
+OUTPUTS = ("eps_psi", "precond")
+
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Head counts of the official Latte presets, keyed by hidden size (``models/latte.py``
@@ -96,6 +99,9 @@ class LatteConfig:
         has_timestep: False for the neural prior (no ``t_embedder``; one deterministic pass).
         learn_sigma: the output carries extra variance channels (unused by FrameBridge).
         frequency_embedding_size: width of the sinusoidal timestep features (256).
+        output: what the bridge network's raw output means: ``"eps_psi"`` (official) or
+            ``"precond"`` (a preconditioned x0 prediction, see :mod:`framebridge_core.preconditioning`;
+            the project's tiny models). The layers are the same; callers convert.
     """
 
     input_size: int = 32
@@ -113,6 +119,7 @@ class LatteConfig:
     has_timestep: bool = True
     learn_sigma: bool = False
     frequency_embedding_size: int = 256
+    output: str = "eps_psi"
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -136,6 +143,7 @@ class LatteConfig:
              f"num_classes={self.num_classes!r} must be an integer >= 0")
         need(self.condition_type in CONDITION_TYPES,
              f"condition_type={self.condition_type!r} is not supported; use one of {CONDITION_TYPES}")
+        need(self.output in OUTPUTS, f"output={self.output!r} is not supported; use one of {OUTPUTS}")
         need(not self.learn_sigma or self.out_channels % 2 == 0,
              f"learn_sigma=True needs an even out_channels, got {self.out_channels}")
 
