@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from . import preconditioning
+from .bridge import BridgeSchedule
 from .errors import ConfigError, ShapeError
 from .models.latte import LatteConfig, LatteModel, LatteNeuralPrior
 
@@ -74,7 +76,8 @@ class LatteBridgeFrames(nn.Module):
     * ``transformer_options[PRIOR_KEY]``: the bridge prior y ``[B·T, C, H, W]``; read only when the
       network takes the neural-prior coarse video as extra channels.
 
-    Returns ``eps_psi`` as ``[B·T, C, H, W]``.
+    Returns ``eps_psi`` as ``[B·T, C, H, W]`` (a ``precond`` network's output is converted to the
+    ``eps_psi`` it stands for, using the prior: the image repeated, or the coarse video).
     """
 
     def __init__(self, config=None, *, operations=None, device=None, dtype=None, attention=None, **fields):
@@ -85,6 +88,8 @@ class LatteBridgeFrames(nn.Module):
         self.config = cfg
         self.net = LatteModel(cfg, operations=operations, device=device, dtype=dtype, attention=attention)
         self.dtype = dtype if dtype is not None else torch.float32
+        # bridge σ_i table, for networks whose output is converted to eps_psi (output="precond")
+        self._sigma = BridgeSchedule().sigma.float()
 
     def forward(
         self,
@@ -140,6 +145,10 @@ class LatteBridgeFrames(nn.Module):
             coarse = fold_frames(_repeat_rows(prior, x.shape[0], "the prior").to(xv.dtype), T, "the prior")
         x_in = self.net.build_bridge_input(xv, cond.to(xv.dtype), coarse)
         out = self.net(x_in, tt, labels, drop_condition_frame=True)[:, :, : cfg.latent_channels]
+        if cfg.output == "precond":  # convert to the eps_psi the sampler expects
+            y = coarse if coarse is not None else cond[:, None].expand_as(xv)
+            sigma = self._sigma.to(xv.device)[tt.long()].view(-1, 1, 1, 1, 1)
+            out = preconditioning.to_eps_psi(out.float(), xv.float(), y.float(), sigma).to(out.dtype)
         return unfold_frames(out)
 
 

@@ -183,3 +183,40 @@ def test_eps_psi_loss_weighting_is_x0_mse_above_sigma_1_and_official_below():
     assert torch.equal(eps_psi_weight(sigma, "uniform"), torch.ones(4))
     with pytest.raises(ConfigError, match="unknown loss weighting"):
         eps_psi_weight(sigma, "snr")
+
+
+def test_precond_output_round_trips_and_converts_to_the_eps_psi_it_stands_for():
+    from framebridge_core import preconditioning as pc
+
+    g = torch.Generator().manual_seed(3)
+    x0, y, x_t = (torch.randn(2, 4, 3, 8, 8, generator=g) for _ in range(3))
+    sigma = torch.tensor([0.05, 5.0]).view(2, 1, 1, 1, 1)
+    target = pc.target(x0, x_t, y, sigma)
+    torch.testing.assert_close(pc.x0_from_output(target, x_t, y, sigma), x0)
+    torch.testing.assert_close(x_t - sigma * pc.to_eps_psi(target, x_t, y, sigma), x0)
+    s, c = pc.coefficients(sigma.flatten())
+    assert float(s[0]) > 0.99 and float(s[1]) < 0.04       # skip from x_t at small σ, from y at large σ
+    assert float(c[1]) < 1 and abs(float(c[0]) / 0.05 - 1) < 0.01
+
+
+def test_frames_adapter_gives_comfyui_the_eps_psi_of_a_precond_network():
+    """The ComfyUI adapter (frames as batch) and the core sampler agree on a precond network."""
+    from framebridge_core import preconditioning as pc
+    from framebridge_core.frames_adapter import LatteBridgeFrames
+
+    cfg = network_config("bridge", "smoke", 9, output="precond")
+    g = torch.Generator().manual_seed(4)
+    core = build_network("bridge", cfg, g)
+    adapter = LatteBridgeFrames(cfg)
+    adapter.net.load_state_dict(core.state_dict())
+    T = cfg.num_frames
+    x = torch.randn(2, T, 3, 16, 16, generator=g)
+    cond = torch.randn(2, 3, 16, 16, generator=g)
+    i = torch.tensor([900, 40])
+    labels = torch.tensor([2, 9])
+    sigma = Schedules.default().bridge.sigma[i].float().view(2, 1, 1, 1, 1)
+    want = pc.to_eps_psi(core(core.build_bridge_input(x, cond), i, labels, drop_condition_frame=True),
+                         x, cond[:, None].expand_as(x), sigma)
+    got = adapter(x.reshape(2 * T, 3, 16, 16), i.repeat_interleave(T),
+                  fb_cond_frame=cond.repeat_interleave(T, 0), fb_class=labels.repeat_interleave(T))
+    torch.testing.assert_close(got.reshape(2, T, 3, 16, 16), want, rtol=1e-5, atol=1e-5)
