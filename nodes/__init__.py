@@ -5,13 +5,15 @@ from __future__ import annotations
 
 def node_classes() -> list:
     """Every node class of the pack, in menu order."""
+    from .bivdiff import NODES as BIVDIFF_NODES
     from .conditioning import CameraMotion, UCF101Class
     from .loaders import LoadFrameBridge, LoadNeuralPrior
     from .prior import BridgePriorFromImage, NeuralPrior
     from .sampler import BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule
+    from .videocrafter import VIDEOCRAFTER_NODES
 
     return [LoadFrameBridge, LoadNeuralPrior, UCF101Class, CameraMotion, BridgePriorFromImage, NeuralPrior,
-            BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule]
+            BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule, *BIVDIFF_NODES, *VIDEOCRAFTER_NODES]
 
 
 def create_extension():

@@ -1,0 +1,349 @@
+"""BIVDiff nodes: the ModelScope / ZeroScope video model as a core MODEL, Mixed Inversion, and
+small helpers (frame sub-sampling, outpainting mask).
+
+The image-model stage (SD-1.5 + ControlNet / InstructPix2Pix / inpainting on a batch of frames)
+and the video smoothing (KSamplerAdvanced, add_noise disabled, ddim_uniform) are core nodes; only
+what core lacks lives here. The math is in ``framebridge_core.inversion``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from comfy_api.latest import io
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.samplers
+import comfy.supported_models_base
+import comfy.utils
+import folder_paths
+import latent_preview
+
+from ..framebridge_core import bivdiff
+from ..framebridge_core.checkpoints import detect_family, load_state_dict, load_weights_strict, normalize_state_dict
+from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError
+from ..framebridge_core.inversion import (
+    LADDERS,
+    ddim_step,
+    inversion_ladder,
+    mix_latents,
+    sd_alphas_cumprod,
+    sigma_of,
+)
+from ..framebridge_core.models.modelscope_unet3d import ModelScopeFrames
+
+CATEGORY = "FrameBridge/BIVDiff"
+VIDEO_MODEL_FOLDER = "diffusion_models"
+WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ATTACHMENT = "bivdiff_video_model"
+
+
+def comfy_attention(q, k, v):
+    """ComfyUI's optimized attention (per launch flags) on [B, heads, N, d]."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    return optimized_attention(q, k, v, heads=q.shape[1], skip_reshape=True, skip_output_reshape=True)
+
+
+# ---- the video model -----------------------------------------------------------------------------
+
+
+class ModelScopeFamilyConfig(comfy.supported_models_base.BASE):
+    """ModelScope T2V / ZeroScope: ε-prediction on SD's scaled_linear schedule, SD VAE latents."""
+
+    unet_config = {}
+    unet_extra_config = {}
+    latent_format = comfy.latent_formats.SD15
+    sampling_settings = {}  # ModelSamplingDiscrete default: "linear" 0.00085 -> 0.012 (SD's scaled_linear)
+    supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
+    memory_usage_factor = 2.0
+
+
+class ModelScopeVideoModel(comfy.model_base.BaseModel):
+    """A ModelScope UNet3D on frames-as-batch latents. ``num_video_frames`` is the latent batch, so
+    ComfyUI's cond/uncond batching ([2F] rows) still gives the network whole videos."""
+
+    def __init__(self, model_config, device=None):
+        super().__init__(model_config, model_type=comfy.model_base.ModelType.EPS, device=device,
+                         unet_model=ModelScopeFrames)
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        noise = kwargs.get("noise", None)
+        if noise is not None:
+            out["num_video_frames"] = comfy.conds.CONDConstant(noise.shape[0])
+        return out
+
+
+def build_modelscope_patcher(config, state_dict: dict, weight_dtype=None):
+    unet_config = dict(config.to_dict(), attention=comfy_attention)
+    model_config = ModelScopeFamilyConfig(unet_config)
+    params = sum(v.numel() for v in state_dict.values())
+    load_device = mm.get_torch_device()
+    supported = model_config.supported_inference_dtypes
+    dtype = weight_dtype or mm.unet_dtype(model_params=params, supported_dtypes=supported)
+    model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
+    model = ModelScopeVideoModel(model_config, device=mm.unet_inital_load_device(params, dtype))
+    load_weights_strict(model.diffusion_model.net, state_dict, "ModelScope UNet3D")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    patcher.set_attachments(ATTACHMENT, config)
+    return patcher
+
+
+class LoadVideoModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BIV_LoadVideoModel",
+            display_name="Load BIVDiff Video Model",
+            category=CATEGORY,
+            description=(
+                "Loads a ModelScope T2V / ZeroScope v2 video UNet (diffusers 'unet/diffusion_pytorch_model"
+                ".safetensors') from models/diffusion_models as a MODEL. Its text encoder is OpenCLIP-H: load "
+                "the pipeline's text_encoder with 'Load CLIP' (type stable_diffusion). It shares SD-1.5's "
+                "latent space, so BIVDiff can mix its inversion with SD-1.5's."
+            ),
+            inputs=[
+                io.Combo.Input("unet_name", options=folder_paths.get_filename_list(VIDEO_MODEL_FOLDER),
+                               tooltip="The video UNet in models/diffusion_models (the family is read from the "
+                                       "weights, not the file name)."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip="Precision of the weights. 'default' lets ComfyUI choose for your device "
+                                       "(BIVDiff ran fp16)."),
+            ],
+            outputs=[io.Model.Output(tooltip="The video model: use it in BIVDiff Mixed Inversion and for the "
+                                             "smoothing pass (KSamplerAdvanced, add_noise disabled).")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, unet_name, weight_dtype):
+        import os
+
+        try:
+            path = folder_paths.get_full_path_or_raise(VIDEO_MODEL_FOLDER, unet_name)
+            st = os.stat(path)
+            return (path, st.st_mtime, st.st_size, weight_dtype)
+        except Exception:  # a missing file is reported by execute
+            return float("nan")
+
+    @classmethod
+    def execute(cls, unet_name, weight_dtype) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise(VIDEO_MODEL_FOLDER, unet_name)
+        sd, meta = load_state_dict(path)
+        info = detect_family(sd, meta)
+        if info.name != bivdiff.MODELSCOPE_UNET3D:
+            raise CheckpointError(
+                f"'{unet_name}' is a '{info.name}' checkpoint, not a ModelScope / ZeroScope video UNet; load "
+                f"FrameBridge models with 'Load FrameBridge', image models with the core loaders.")
+        sd, _, _ = normalize_state_dict(sd)
+        return io.NodeOutput(build_modelscope_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
+
+
+# ---- Mixed Inversion ------------------------------------------------------------------------------
+
+
+def _check_sd_schedule(model, role: str):
+    ms = model.get_model_object("model_sampling")
+    plain_eps = isinstance(ms, comfy.model_sampling.EPS) and not isinstance(
+        ms, (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.EDM, comfy.model_sampling.CONST))
+    sigmas = getattr(ms, "sigmas", None)
+    want = sigma_of(sd_alphas_cumprod()).float()
+    same = (plain_eps and sigmas is not None and sigmas.shape == want.shape
+            and torch.allclose(sigmas.detach().float().cpu(), want, rtol=1e-3))
+    if not same:
+        raise ConfigError(
+            f"the {role} model ({type(model.model).__name__}, {type(ms).__name__}) is not an ε-prediction model on "
+            f"SD's 1000-step scaled_linear schedule; BIVDiff inverts both models on that one schedule. Use SD-1.5 "
+            f"(or SD-2.x-base) as the image model and ModelScope / ZeroScope as the video model, without "
+            f"ModelSampling* patches.")
+    return ms
+
+
+def _latent_format(model):
+    fmt = model.get_model_object("latent_format")
+    return fmt, int(getattr(fmt, "latent_channels", 4)), float(fmt.scale_factor)
+
+
+class InversionSampler(comfy.samplers.Sampler):
+    """DDIM inversion along a :class:`~framebridge_core.inversion.Ladder` through ComfyUI's model call.
+
+    ``latent_image`` is the clean latent in model space (``0.18215·LATENT``), read as the VP latent
+    at the ladder's first level. The model is called at σ(t) on ``x = z / sqrt(ᾱ_t)`` (so its input
+    ``x / sqrt(1+σ²)`` is ``z``), ε is recovered from its x0, and the DDIM move is done in VP form by
+    the core. Returns ``z_T / sqrt(ᾱ_start)``: the VE state a ComfyUI sampler starts from at t=981.
+    """
+
+    def __init__(self, ladder):
+        self.ladder = ladder
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        ms = model_wrap.inner_model.model_sampling
+        lad = self.ladder
+        # float64 state: ComfyUI returns x0 = x - σ·ε, and at the first levels (σ≈0.03) recovering ε
+        # from a float32 difference would lose ~4 digits; the network itself still runs in its dtype
+        z = latent_image.double()
+        s_in = z.new_ones(z.shape[0], dtype=torch.float32)
+        total = len(lad)
+        for k, t in enumerate(lad.timesteps):
+            sigma = ms.sigmas[t].to(z.device).float()
+            x = z / math.sqrt(float(lad.alpha_from[k]))
+            denoised = model_wrap(x, sigma * s_in, **extra_args)
+            eps = (x - denoised.double()) / sigma.double()
+            z = ddim_step(z, eps, lad.alpha_from[k], lad.alpha_to[k])
+            if callback is not None:
+                callback(k, denoised.float(), x.float(), total)
+            mm.throw_exception_if_processing_interrupted()
+        return (z / math.sqrt(float(sd_alphas_cumprod()[lad.sampler_start]))).to(latent_image.dtype)
+
+
+def _invert(model, conditioning, samples, ladder, what):
+    guider = comfy.samplers.CFGGuider(model)
+    guider.inner_set_conds({"positive": conditioning})  # no CFG: one conditional call per step (official)
+    guider.set_cfg(1.0)
+    ms = model.get_model_object("model_sampling")
+    sigmas = ms.sigmas[list(ladder.timesteps)].float().cpu()
+    callback = latent_preview.prepare_callback(model, len(ladder), {})
+    try:
+        out = guider.sample(torch.zeros_like(samples), samples, InversionSampler(ladder), sigmas, denoise_mask=None,
+                            callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
+    except ShapeError as e:
+        raise ShapeError(f"{what} model: {e}") from e
+    return out.to(mm.intermediate_device())
+
+
+class MixedInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BIV_MixedInversion",
+            display_name="BIVDiff Mixed Inversion",
+            category=CATEGORY,
+            description=(
+                "BIVDiff's Mixed Inversion: DDIM-inverts the frames made by the image model twice, with the image "
+                "model (frame by frame) and with the video model, and mixes the two noises: "
+                "mixing_ratio*image + (1-mixing_ratio)*video. Feed the result to KSamplerAdvanced with the video "
+                "model (add_noise disable, the same steps, sampler ddim, scheduler ddim_uniform) to make the frames "
+                "temporally consistent. A branch whose weight is 0 is skipped."
+            ),
+            inputs=[
+                io.Latent.Input("latent", tooltip="The image model's frames, VAE-encoded with the SD VAE "
+                                                  "(frames as batch: [frames, 4, h, w])."),
+                io.Model.Input("image_model", tooltip="Plain SD-1.5 (BIVDiff inverts with SD-1.5 whatever the image "
+                                                      "model of the first stage was)."),
+                io.Conditioning.Input("image_conditioning",
+                                      tooltip="Inversion prompt for the image model: BIVDiff's intent is the empty "
+                                              "prompt \"\"; its code uses the negative prompt (ControlNet / "
+                                              "InstructPix2Pix runs)."),
+                io.Model.Input("video_model", tooltip="From 'Load BIVDiff Video Model' (ModelScope / ZeroScope)."),
+                io.Conditioning.Input("video_conditioning",
+                                      tooltip="Inversion prompt for the video model, encoded with its own text "
+                                              "encoder (\"\" by default)."),
+                io.Float.Input("mixing_ratio", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Weight of the image-model inversion. BIVDiff: 1.0 for ControlNet, "
+                                       "T2I-Adapter, InstructPix2Pix; 0.25 for Prompt2Prompt; 0.1 for inpainting "
+                                       "and outpainting. 1 = most smoothing, 0 = keeps the input frames."),
+                io.Int.Input("steps", default=bivdiff.DEFAULT_STEPS, min=1, max=1000,
+                             tooltip="DDIM steps of each inversion; use the same number in the smoothing "
+                                     "KSamplerAdvanced (BIVDiff: 50)."),
+                io.Combo.Input("ladder", options=list(LADDERS), default="matched",
+                               tooltip="matched: the inversion ends exactly where the sampler starts (t=981 for "
+                                       "50 steps). official: BIVDiff's code, which overshoots to t=998 and hands "
+                                       "that over as t=981."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The mixed inverted noise as a LATENT for KSamplerAdvanced "
+                                              "(add_noise disable, start_at_step 0).")],
+        )
+
+    @classmethod
+    def execute(cls, latent, image_model, image_conditioning, video_model, video_conditioning, mixing_ratio, steps,
+                ladder) -> io.NodeOutput:
+        samples = latent["samples"]
+        if samples.ndim != 4:
+            raise ShapeError(
+                f"the latent has shape {tuple(samples.shape)}; BIVDiff needs SD-VAE frames as a batch "
+                f"[frames, 4, h, w] (VAE Encode of the image model's frames).")
+        if samples.shape[0] < 2:
+            raise ShapeError(f"the latent has {samples.shape[0]} frame; a video model needs at least 2 frames "
+                             f"(BIVDiff: 8).")
+        _check_sd_schedule(image_model, "image")
+        _check_sd_schedule(video_model, "video")
+        (fi, ci, si), (fv, cv, sv) = _latent_format(image_model), _latent_format(video_model)
+        if (ci, si) != (cv, sv) or samples.shape[1] != ci:
+            raise ShapeError(
+                f"the image model ({type(fi).__name__}: {ci} channels, scale {si}), the video model "
+                f"({type(fv).__name__}: {cv} channels, scale {sv}) and the latent ({samples.shape[1]} channels) must "
+                f"share one latent space: BIVDiff mixes two inversions of the same latent. Use SD-1.5 with "
+                f"ModelScope / ZeroScope and the SD VAE.")
+        lad = inversion_ladder(steps, ladder)
+        alpha = float(mixing_ratio)
+        img = _invert(image_model, image_conditioning, samples, lad, "image") if alpha > 0 else None
+        vid = _invert(video_model, video_conditioning, samples, lad, "video") if alpha < 1 else None
+        if img is None:
+            out = vid
+        elif vid is None:
+            out = img
+        else:
+            out = mix_latents(img, vid, alpha)
+        return io.NodeOutput({"samples": out})
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+class SelectFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BIV_SelectFrames",
+            display_name="BIVDiff Select Frames",
+            category=CATEGORY,
+            description="Takes every stride-th frame of a clip, up to 'frames' frames (BIVDiff: every 4th, 8 frames).",
+            inputs=[
+                io.Image.Input("images", tooltip="The source clip as an image batch (Load Video, or Load Image on a GIF)."),
+                io.Int.Input("stride", default=bivdiff.DEFAULT_STRIDE, min=1, max=1000,
+                             tooltip="Keep frames 0, stride, 2*stride, ... (BIVDiff's 'frame_rate' is this stride)."),
+                io.Int.Input("frames", default=bivdiff.DEFAULT_FRAMES, min=1, max=4096,
+                             tooltip="How many frames to keep (BIVDiff: 8)."),
+                io.Combo.Input("if_too_short", options=list(bivdiff.FRAME_POLICIES), default="error",
+                               tooltip="When the clip is too short: stop with an error, or return fewer frames."),
+            ],
+            outputs=[io.Image.Output(tooltip="The selected frames, in order.")],
+        )
+
+    @classmethod
+    def execute(cls, images, stride, frames, if_too_short) -> io.NodeOutput:
+        idx = bivdiff.stride_indices(images.shape[0], stride, frames, if_too_short)
+        return io.NodeOutput(images[idx])
+
+
+class OutpaintingMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BIV_OutpaintingMask",
+            display_name="BIVDiff Outpainting Mask",
+            category=CATEGORY,
+            description=("BIVDiff's outpainting mask for every frame: the top and bottom quarters (horizontal) or "
+                         "the left and right quarters (vertical) are regenerated; the canvas is not enlarged."),
+            inputs=[
+                io.Image.Input("images", tooltip="The frames to outpaint (sets the mask size and count)."),
+                io.Combo.Input("direction", options=list(bivdiff.OUTPAINT_DIRECTIONS), default="horizontal",
+                               tooltip="horizontal: top and bottom bands; vertical: left and right bands."),
+            ],
+            outputs=[io.Mask.Output(tooltip="1 = regenerate; one mask per frame, for InpaintModelConditioning.")],
+        )
+
+    @classmethod
+    def execute(cls, images, direction) -> io.NodeOutput:
+        m = bivdiff.outpainting_mask(images.shape[1], images.shape[2], direction)
+        return io.NodeOutput(m[None].expand(images.shape[0], -1, -1).contiguous())
+
+
+NODES = [LoadVideoModel, MixedInversion, SelectFrames, OutpaintingMask]
