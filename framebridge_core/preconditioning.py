@@ -1,10 +1,9 @@
 """A preconditioned output for small bridge networks (the project's tiny models).
 
-The official FrameBridge networks predict ``eps_psi`` and ``x̂0 = x_t − σ·F``. Two things make that
-hard for a small network trained briefly, both measured on the 64×64 tiny model
-(`docs/notes/tiny-model.md`): next to the prior σ reaches 5, so any error in F is amplified five
-times in x̂0; and F contains the per-pixel noise of ``x_t``, which a network whose hidden width is
-below its patch size (patch 8 × 3 channels = 192 values, hidden 160) cannot pass through.
+The official FrameBridge networks predict ``eps_psi`` and ``x̂0 = x_t − σ·F``. Next to the prior
+σ reaches 5, so any error in F is amplified five times in x̂0, and the uniform loss barely trains
+those terms (their target is small): a small network trained briefly drifts from the first
+sampling steps (measured on the 64×64 tiny model, ``docs/notes/tiny-model.md``).
 
 ``precond`` uses skip connections in the spirit of EDM (Karras et al. 2022) adapted to the bridge:
 

@@ -34,10 +34,14 @@ from .errors import ConfigError
 from .models.latte import LatteConfig, LatteModel, LatteNeuralPrior
 from .variants import BRIDGE_KINDS, Schedules, check_kind, training_loss
 
-#: Network sizes. ``tiny`` is the bundled model (64×64 RGB, 16 frames, patch 8); ``bench`` is the
+#: Network sizes. ``tiny`` / ``tiny-np`` are the bundled models (64×64 RGB, 16 frames, patch 8); ``bench`` is the
 #: smaller configuration of the quality benchmark; ``smoke`` is for tests.
 PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(size=64, frames=16, patch=8, hidden=160, depth=8, heads=5),
+    # hidden >= patch² x 3 = 192: the per-token identity (the skip of the noise) must fit through
+    # the patch embedding, or the bridge cannot remove pixel noise (docs/notes/tiny-model.md)
+    "tiny": dict(size=64, frames=16, patch=8, hidden=192, depth=6, heads=6),
+    # the bundled neural prior (a one-pass regression to smooth targets has no such need)
+    "tiny-np": dict(size=64, frames=16, patch=8, hidden=160, depth=8, heads=5),
     "bench": dict(size=32, frames=8, patch=4, hidden=128, depth=6, heads=4),
     "smoke": dict(size=16, frames=4, patch=4, hidden=32, depth=2, heads=2),
 }

@@ -86,9 +86,11 @@ def test_export_metadata_and_fp16_weights(tmp_path, smoke_data):
         assert f.get_tensor("x_embedder.proj.weight").dtype == torch.float16
 
 
-def test_tiny_preset_fits_the_10_mb_budget_in_fp16():
-    for kind in ("bridge", "bridge-np", "neural-prior"):
-        net = build_network(kind, network_config(kind, "tiny", len(MOTIONS)))
+def test_tiny_presets_fit_the_10_mb_budget_in_fp16_and_pass_the_patch_through():
+    p = PRESETS["tiny"]
+    assert p["hidden"] >= p["patch"] ** 2 * 3  # the per-token identity must fit (docs/notes/tiny-model.md)
+    for kind, preset in (("bridge", "tiny"), ("bridge-np", "tiny"), ("neural-prior", "tiny-np")):
+        net = build_network(kind, network_config(kind, preset, len(MOTIONS), "precond"))
         inner = net.nwarp_model if kind == "neural-prior" else net
         size = sum(v.numel() * 2 for v in inner.state_dict().values())
         assert size <= 10_000_000, (kind, size)

@@ -1,14 +1,17 @@
 """BIVDiff inside a real ComfyUI: the shipped workflows run end to end on tiny stand-in weights,
 the Mixed Inversion node and the core smoothing sampler equal the pure-torch pipeline, the mix is
-linear in the ratio, the ControlNet and the outpainting mask reach the image model, and bad input
-stops at the right node with a typed error.
+linear in the ratio, the ControlNet, the outpainting mask, the inpainting mask video and the
+InstructPix2Pix source frames and image guidance reach the image model, and bad input stops at the
+right node with a typed error.
 
 Stand-ins (written under the names the workflows load): a tiny SD-1.5 checkpoint (model_channels
 320 so ComfyUI detects it as SD-1.5, one level; the random TAESD as its VAE), a 9-channel
-inpainting variant, a ControlNet of the same size, a tiny ModelScope UNet3D in diffusion_models,
-and a 9-frame clip as GIF and MP4. There is no text encoder stand-in (ComfyUI's CLIP sizes are
-fixed: hundreds of MB of random weights); the text-encoding nodes are replaced by a test-only node
-that returns seeded random CONDITIONING of each model's width.
+inpainting variant and an 8-channel InstructPix2Pix variant (ComfyUI tells them apart by the
+input channels of the weights), a ControlNet of the same size, a tiny ModelScope UNet3D in
+diffusion_models, a 9-frame clip as GIF and MP4, and a 9-frame mask video (a moving square).
+There is no text encoder stand-in (ComfyUI's CLIP sizes are fixed: hundreds of MB of random
+weights); the text-encoding nodes are replaced by a test-only node that returns seeded random
+CONDITIONING of each model's width.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ pytestmark = pytest.mark.host
 NAME = "BIVDiff-ZeroScope-Smooth-Frames"
 FULL = "BIVDiff-ZeroScope-ControlNet-Canny"
 OUTPAINT = "BIVDiff-ZeroScope-Outpainting"
+INPAINT = "BIVDiff-ZeroScope-Inpainting"
+IP2P = "BIVDiff-ZeroScope-InstructPix2Pix-Edit"
 INPAINT_FILE = "sd-v1-5-inpainting.ckpt"
+IP2P_FILE = "instruct-pix2pix-00-22000.safetensors"
 CONTROLNET_FILE = "control_v11p_sd15_canny.pth"
 VIDEO_FILE = "bear.mp4"
 OUTPAINT_VIDEO = "hike.mp4"
+MASK_VIDEO = "hike-mask.mp4"
+EDIT_VIDEO = "train.mp4"
 SD15_FILE = "v1-5-pruned-emaonly.safetensors"
 UNET_FILE = "zeroscope_v2_576w_unet.safetensors"
 GIF = "bear_by_controlnet_parallel.gif"
@@ -46,6 +54,15 @@ def _random_like(shapes: dict, seed: int, scale: float):
         r = torch.randn(shape, generator=g)
         out[k] = 1 + 0.05 * r if (len(shape) == 1 and k.endswith("weight")) else scale * r
     return out
+
+
+def mask_frame(i: int):
+    """Frame i of the stand-in mask video: a white 16x16 square (repaint) moving right, on black."""
+    import numpy as np
+
+    m = np.zeros((PIXELS, PIXELS, 3), dtype="uint8")
+    m[8:24, i:i + 16] = 255
+    return m
 
 
 def stub_conditioning(width: int, tokens: int, seed: int):
@@ -106,6 +123,13 @@ def biv(host):
     inpaint_ckpt.update({"first_stage_model." + k: v for k, v in vae.items()})
     torch.save(inpaint_ckpt, str(base / "models" / "checkpoints" / INPAINT_FILE))
 
+    # the 8-channel InstructPix2Pix UNet (noisy latent + source-frame latent), same tiny size
+    ip2p = UNetModel(**{**unet_cfg, "in_channels": 8}, operations=comfy.ops.disable_weight_init, device="meta")
+    ip2p_sd = _random_like({k: tuple(v.shape) for k, v in ip2p.state_dict().items()}, 15, 0.02)
+    ip2p_ckpt = {"model.diffusion_model." + k: v.half() for k, v in ip2p_sd.items()}
+    ip2p_ckpt.update({"first_stage_model." + k: v for k, v in vae.items()})
+    save_file(ip2p_ckpt, str(base / "models" / "checkpoints" / IP2P_FILE))
+
     video_cfg = ModelScopeUNet3DConfig(**VIDEO_CFG)
     video_shapes = {k: tuple(v.shape) for k, v in ModelScopeUNet3D(video_cfg, device="meta").state_dict().items()}
     video_sd = _random_like(video_shapes, 12, 0.05)
@@ -131,17 +155,21 @@ def biv(host):
 
     import av
 
-    with av.open(str(base / "input" / VIDEO_FILE), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=8)
-        stream.width = stream.height = PIXELS
-        stream.pix_fmt = "yuv420p"
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
+    def write_mp4(name, images):
+        with av.open(str(base / "input" / name), mode="w") as container:
+            stream = container.add_stream("mpeg4", rate=8)
+            stream.width = stream.height = PIXELS
+            stream.pix_fmt = "yuv420p"
+            for img in images:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
+    write_mp4(VIDEO_FILE, frames)
     shutil.copy(base / "input" / VIDEO_FILE, base / "input" / OUTPAINT_VIDEO)
+    shutil.copy(base / "input" / VIDEO_FILE, base / "input" / EDIT_VIDEO)
+    write_mp4(MASK_VIDEO, [Image.fromarray(mask_frame(i)) for i in range(9)])
 
     host.nodes.NODE_CLASS_MAPPINGS[STUB] = RandomConditioning
     try:
@@ -156,9 +184,11 @@ def prepare(host, alpha: float | None = None, ladder: str | None = None, name: s
     for node in prompt.values():
         if node["class_type"] == "EmptyLatentImage":
             node["inputs"].update(width=PIXELS, height=PIXELS, batch_size=FRAMES)
-    sel = prompt[host.node_id(prompt, "BIV_SelectFrames")]["inputs"]
-    sel.update(stride=2, frames=FRAMES)
-    prompt[host.node_id(prompt, "ImageScale")]["inputs"].update(width=PIXELS, height=PIXELS)
+    for node in prompt.values():  # the source clip, and the mask video where there is one
+        if node["class_type"] == "BIV_SelectFrames":
+            node["inputs"].update(stride=2, frames=FRAMES)
+        elif node["class_type"] == "ImageScale":
+            node["inputs"].update(width=PIXELS, height=PIXELS)
     for nid, node in list(prompt.items()):
         if node["class_type"] == "CLIPTextEncode":
             src = prompt[node["inputs"]["clip"][0]]["class_type"]
@@ -184,9 +214,15 @@ def upstream(prompt: dict, node: str) -> set:
     return seen
 
 
+def stage_one_sampler(prompt: dict) -> str:
+    """The image model's sampler: KSampler, or SamplerCustomAdvanced (InstructPix2Pix's two guidance scales)."""
+    (ks,) = [k for k, n in prompt.items() if n["class_type"] in ("KSampler", "SamplerCustomAdvanced")]
+    return ks
+
+
 def stage_one_only(host, prompt: dict) -> dict:
-    """The frame-wise stage: what the WEBP fed by the image model's KSampler (via VAE Decode) needs."""
-    ks = host.node_id(prompt, "KSampler")
+    """The frame-wise stage: what the WEBP fed by the image model's sampler (via VAE Decode) needs."""
+    ks = stage_one_sampler(prompt)
     save = next(k for k, n in prompt.items() if n["class_type"] == "SaveAnimatedWEBP"
                 and prompt[n["inputs"]["images"][0]]["inputs"]["samples"][0] == ks)
     return {k: prompt[k] for k in upstream(prompt, save)}
@@ -330,6 +366,66 @@ def test_outpainting_workflow_runs_with_the_band_mask(host, biv):
     other = stage_one_only(host, other)
     vertical = run_ok(host, other).output(host.node_id(other, "KSampler"), 0)["samples"]
     assert float((vertical - frame_wise).abs().max()) > 1e-3
+
+
+def test_instructpix2pix_workflow_runs_and_both_guidance_scales_act(host, biv):
+    """The 8-channel InstructPix2Pix stand-in edits the frames (the source latent reaches it through
+    InstructPixToPixConditioning), and DualCFGGuider's image scale matters: 1.5 (InstructPix2Pix's)
+    differs from 1.0 (what a plain KSampler on the two conditionings would give)."""
+    torch = pytest.importorskip("torch")
+    h = PIXELS // 8
+    prompt = prepare(host, name=IP2P)
+    run = run_ok(host, prompt)
+    sca = stage_one_sampler(prompt)
+    assert prompt[sca]["class_type"] == "SamplerCustomAdvanced"
+    frame_wise = run.output(sca, 0)["samples"]
+    smoothed = run.output(host.node_id(prompt, "KSamplerAdvanced"), 0)["samples"]
+    assert tuple(frame_wise.shape) == tuple(smoothed.shape) == (FRAMES, 4, h, h)
+    assert torch.isfinite(frame_wise).all() and torch.isfinite(smoothed).all()
+    assert not torch.equal(frame_wise[0], frame_wise[1]), "each frame gets its own noise"
+    image_model = run.output(prompt[sca]["inputs"]["guider"][0], 0).model_patcher.model
+    assert type(image_model).__name__ == "SD15_instructpix2pix"  # detected from the 8 input channels
+    concat = run.output(host.node_id(prompt, "InstructPixToPixConditioning"), 0)[0][1]["concat_latent_image"]
+    assert tuple(concat.shape) == (FRAMES, 4, h, h)  # one source latent per frame
+    assert len(run.ui) == 2 and all(len(v["images"]) == 1 for v in run.ui.values()), run.ui  # frame-wise + final
+    stage_one = stage_one_only(host, prompt)
+    (guider,) = [k for k, n in stage_one.items() if n["class_type"] == "DualCFGGuider"]
+    model = host.node_id(stage_one, "InstructPixToPixConditioning")
+    out = {}
+    for image_cfg in (1.5, 1.0):
+        p = copy.deepcopy(stage_one)
+        p[guider]["inputs"]["cfg_cond2_negative"] = image_cfg
+        out[image_cfg] = run_ok(host, p).output(sca, 0)["samples"]
+    assert torch.equal(out[1.5], frame_wise), "stage one alone repeats the full run's frames (same seed)"
+    assert float((out[1.5] - out[1.0]).abs().max()) > 1e-3, "the image guidance scale must change stage 1"
+    # the source frames reach the model: other source pixels give other edits
+    p = copy.deepcopy(stage_one)
+    p["97"] = {"class_type": "ImageInvert", "inputs": {"image": p[model]["inputs"]["pixels"]}}
+    p[model]["inputs"]["pixels"] = ["97", 0]
+    inverted = run_ok(host, p).output(sca, 0)["samples"]
+    assert float((inverted - frame_wise).abs().max()) > 1e-3
+
+
+def test_inpainting_workflow_runs_with_the_mask_video(host, biv):
+    torch = pytest.importorskip("torch")
+    prompt = prepare(host, name=INPAINT)
+    run = run_ok(host, prompt)
+    mask = run.output(host.node_id(prompt, "ThresholdMask"), 0)
+    assert tuple(mask.shape) == (FRAMES, PIXELS, PIXELS)
+    assert set(torch.unique(mask).tolist()) == {0.0, 1.0}  # binarized, as diffusers does at 0.5
+    for k, i in enumerate(range(0, 2 * FRAMES, 2)):  # the mask video's frames 0, 2, 4, 6: same sampling as the clip
+        expected = torch.from_numpy(mask_frame(i)[..., 0] > 127).float()
+        assert float((mask[k] - expected).abs().mean()) < 0.02, k
+    frame_wise = run.output(host.node_id(prompt, "KSampler"), 0)["samples"]
+    smoothed = run.output(host.node_id(prompt, "KSamplerAdvanced"), 0)["samples"]
+    assert tuple(frame_wise.shape) == tuple(smoothed.shape) == (FRAMES, 4, PIXELS // 8, PIXELS // 8)
+    assert torch.isfinite(smoothed).all()
+    assert len(run.ui) == 2 and all(len(v["images"]) == 1 for v in run.ui.values()), run.ui
+    # the mask reaches the inpainting model: an empty mask (threshold 1) gives other frames
+    other = stage_one_only(host, prepare(host, name=INPAINT))
+    other[host.node_id(other, "ThresholdMask")]["inputs"]["value"] = 1.0
+    unmasked = run_ok(host, other).output(host.node_id(other, "KSampler"), 0)["samples"]
+    assert float((unmasked - frame_wise).abs().max()) > 1e-3
 
 
 def _set(host, prompt, class_type, **inputs):
