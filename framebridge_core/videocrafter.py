@@ -213,7 +213,7 @@ def infer_unet_config(sd: Mapping[str, torch.Tensor], temporal_length: int = 16)
     ctx = next((v for k, v in sd.items() if k.endswith("attn2.to_k.weight") and k.startswith("input_blocks.")), None)
     if ctx is None:
         raise CheckpointError("no cross-attention in this UNet (attn2.to_k.weight): not a text-conditioned VideoCrafter UNet.")
-    depth = _count({k: v for k, v in sd.items() if k.startswith(f"input_blocks.1.1.")},
+    depth = _count({k: v for k, v in sd.items() if k.startswith("input_blocks.1.1.")},
                    r"input_blocks\.1\.1\.transformer_blocks\.(\d+)\.") or 1
     try:
         return UNet3DConfig(

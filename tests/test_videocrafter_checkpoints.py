@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from framebridge_core.checkpoints import detect_family, load_model, load_state_dict
+from framebridge_core.checkpoints import detect_family, load_model
 from framebridge_core.errors import CheckpointError, ConfigError, ShapeError
 from framebridge_core.models.lvdm_unet3d import UNet3DConfig
 from framebridge_core.models.resampler import ResamplerConfig

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from framebridge_core.bridge import BridgeSchedule
-from framebridge_core.models.lvdm_unet3d import UNet3D, UNet3DConfig
-from framebridge_core.models.resampler import Resampler, ResamplerConfig
+from framebridge_core.models.lvdm_unet3d import UNet3DConfig
+from framebridge_core.models.resampler import ResamplerConfig
 from framebridge_core.sampling import bridge_step, sample_bridge
 from framebridge_core.videocrafter import (
     VideoCrafterBridge,

@@ -42,13 +42,14 @@ ComfyUI integration hooks (the core never imports ``comfy``):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..configs import config_from_dict
 from ..errors import ConfigError, ShapeError
 
 #: meanings of the bridge network output (LatteConfig.output)
@@ -185,11 +186,7 @@ class LatteConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LatteConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"LatteConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return config_from_dict(cls, data)
 
 
 def latte_s2_bridge(in_channels: int = 4, **overrides: Any) -> LatteConfig:

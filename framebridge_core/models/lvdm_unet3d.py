@@ -29,13 +29,14 @@ and ``attention(q, k, v)`` on ``[B, heads, N, d]`` is injectable (default
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Mapping, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..configs import config_from_dict
 from ..errors import ConfigError, ShapeError
 from .latte import timestep_embedding
 
@@ -111,11 +112,7 @@ class UNet3DConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "UNet3DConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"UNet3DConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return config_from_dict(cls, data)
 
 
 def _gn32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:

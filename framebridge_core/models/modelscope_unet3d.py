@@ -35,13 +35,14 @@ ComfyUI hooks (the core never imports ``comfy``): ``operations=`` provides ``Lin
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..configs import config_from_dict
 from ..errors import ConfigError, ShapeError
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -125,11 +126,7 @@ class ModelScopeUNet3DConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelScopeUNet3DConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"ModelScopeUNet3DConfig: unknown field(s) {unknown}; allowed: {sorted(names)}.")
-        return cls(**dict(d))
+        return config_from_dict(cls, d)
 
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any]) -> "ModelScopeUNet3DConfig":
