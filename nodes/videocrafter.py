@@ -359,7 +359,8 @@ class FrameStride(io.ComfyNode):
             description=("Sets FrameBridge-VideoCrafter's frame-stride condition on positive and negative (the spacing "
                          "of the training clip's frames: larger = more motion per frame). The official default is 3; "
                          "training used 1..6."),
-            inputs=[io.Conditioning.Input("positive"), io.Conditioning.Input("negative"),
+            inputs=[io.Conditioning.Input("positive", tooltip="Text (+ image) conditioning of the video."),
+                    io.Conditioning.Input("negative", tooltip="The unconditional branch; gets the same stride."),
                     io.Int.Input("frame_stride", default=3, min=1, max=30,
                                  tooltip="Official inference: 3. Values outside 1..6 were not seen in training.")],
             outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
