@@ -346,7 +346,8 @@ def export(cfg: TrainConfig, config: LatteConfig, weights: dict[str, torch.Tenso
         "latent_space": "pixel",
         "value_range": "-1..1",
         "predicts": config.output if cfg.kind in ("bridge", "bridge-np") else PREDICTS[cfg.kind],
-        "loss_weighting": cfg.loss_weighting if PREDICTS[cfg.kind] == "eps_psi" else "uniform",
+        "loss_weighting": (cfg.loss_weighting if PREDICTS[cfg.kind] == "eps_psi" and config.output == "eps_psi"
+                           else "uniform"),
         "timestep": TIMESTEP[cfg.kind],
         "num_heads": str(config.num_heads),
         "config": json.dumps(config.to_dict()),
