@@ -377,6 +377,23 @@ def _latte_num_heads(hidden: int, metadata: Mapping[str, str]) -> tuple[int, str
         f"{{'{META_NUM_HEADS}': '<heads>'}}.")
 
 
+#: Safetensors metadata key naming what a bridge network's output means (the weights cannot tell)
+META_PREDICTS = "framebridge.predicts"
+
+
+def _latte_output(metadata: Mapping[str, str]) -> str:
+    """``eps_psi`` (official checkpoints, no metadata) or ``precond`` (the project's tiny models)."""
+    from .models.latte import OUTPUTS
+
+    value = metadata.get(META_PREDICTS, "eps_psi")
+    if value not in OUTPUTS:
+        raise CheckpointError(
+            f"metadata {META_PREDICTS}={value!r} is not a bridge output this pack can sample "
+            f"(supported: {', '.join(OUTPUTS)}); v-prediction models of the quality benchmark are "
+            f"for `python -m framebridge_core bench quality`.")
+    return value
+
+
 def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Optional[FamilyInfo]:
     if not all(k in sd for k in _LATTE_KEYS):
         return None
@@ -422,7 +439,8 @@ def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -
                           hidden_size=hidden, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
                           num_frames=frames, num_classes=num_classes, class_dropout=table is not None,
                           condition_type=cond_type, has_timestep=has_t,
-                          learn_sigma=out_ch == 2 * in_ch, frequency_embedding_size=freq)
+                          learn_sigma=out_ch == 2 * in_ch, frequency_embedding_size=freq,
+                          output=_latte_output(metadata) if has_t else "eps_psi")
     except Exception as e:  # ConfigError from impossible combinations
         raise CheckpointError(f"Latte checkpoint with an impossible configuration: {e}") from e
     expected = LatteModel(cfg, device="meta").state_dict()
