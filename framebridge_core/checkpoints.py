@@ -56,6 +56,7 @@ import torch.nn as nn
 from .errors import CheckpointError
 from .models.latte import (
     OFFICIAL_NUM_HEADS,
+    OUTPUTS,
     LatteConfig,
     LatteModel,
     LatteNeuralPrior,
@@ -383,8 +384,6 @@ META_PREDICTS = "framebridge.predicts"
 
 def _latte_output(metadata: Mapping[str, str]) -> str:
     """``eps_psi`` (official checkpoints, no metadata) or ``precond`` (the project's tiny models)."""
-    from .models.latte import OUTPUTS
-
     value = metadata.get(META_PREDICTS, "eps_psi")
     if value not in OUTPUTS:
         raise CheckpointError(

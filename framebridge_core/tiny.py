@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .data.camera_motion import motion_key
 from .errors import ConfigError
 from .training import META_PREFIX, load_trained
 from .variants import Schedules, generate
@@ -39,7 +40,7 @@ def motion_names(meta: dict[str, str]) -> list[str]:
 
 def motion_label(meta: dict[str, str], motion: str) -> int:
     names = motion_names(meta)
-    key = motion.strip().lower().replace("_", "-").replace(" ", "-")
+    key = motion_key(motion)
     if key not in names:
         raise ConfigError(f"unknown motion {motion!r}; this model knows: {', '.join(names)}.")
     return names.index(key)

@@ -34,7 +34,7 @@ from .alignment import aligned_input, output_to_x0, snr_aligned_timesteps, train
 from .bridge import BridgeSchedule, gather
 from .diffusion import DiffusionSchedule, sample_ddim
 from .errors import ConfigError
-from .sampling import cfg_combine, sample_bridge
+from .sampling import sample_bridge
 
 KINDS = ("bridge", "bridge-np", "diffusion", "neural-prior", "saf", "plain-finetune")
 #: variants whose network is a bridge (sampling starts at the prior)
@@ -211,4 +211,4 @@ def generate(kind: str, model, first_frame: torch.Tensor, labels: torch.Tensor, 
 
 
 __all__ = ["KINDS", "BRIDGE_KINDS", "Schedules", "training_loss", "generate", "static_prior",
-           "drop_labels", "cfg_combine", "check_kind"]
+           "drop_labels", "check_kind"]

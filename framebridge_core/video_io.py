@@ -17,6 +17,12 @@ from .errors import ConfigError
 ANIMATION_SUFFIXES = (".webp", ".gif", ".mp4")
 
 
+def pil_to_uint8(img) -> torch.Tensor:
+    """A PIL image as ``[H, W, 3]`` uint8 (RGB)."""
+    img = img.convert("RGB")
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(img.height, img.width, 3)
+
+
 def load_image(path, size: int) -> torch.Tensor:
     """An RGB image as ``[3, size, size]`` in [-1, 1]: centre-cropped square, area-resized."""
     from PIL import Image
@@ -27,11 +33,10 @@ def load_image(path, size: int) -> torch.Tensor:
     try:
         img = Image.open(p)
         img.seek(0)
-        img = img.convert("RGB")
+        pixels = pil_to_uint8(img)
     except Exception as e:  # PIL raises many types for bad files
         raise ConfigError(f"'{p}' is not a readable image ({type(e).__name__}: {e}).") from e
-    return image_to_frame(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-                          .reshape(img.height, img.width, 3).permute(2, 0, 1).float() / 255.0, size)
+    return image_to_frame(pixels.permute(2, 0, 1).float() / 255.0, size)
 
 
 def image_to_frame(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -121,6 +126,5 @@ def read_animation(path) -> torch.Tensor:
     from PIL import Image, ImageSequence
 
     with Image.open(path) as im:
-        frames = [torch.frombuffer(bytearray(f.convert("RGB").tobytes()), dtype=torch.uint8)
-                  .reshape(im.height, im.width, 3) for f in ImageSequence.Iterator(im)]
+        frames = [pil_to_uint8(f) for f in ImageSequence.Iterator(im)]
     return torch.stack(frames)

@@ -37,6 +37,7 @@ from ..framebridge_core.inversion import (
     sigma_of,
 )
 from ..framebridge_core.models.modelscope_unet3d import ModelScopeFrames
+from .paths import file_fingerprint
 
 CATEGORY = "FrameBridge/BIVDiff"
 VIDEO_MODEL_FOLDER = "diffusion_models"
@@ -123,14 +124,7 @@ class LoadVideoModel(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, unet_name, weight_dtype):
-        import os
-
-        try:
-            path = folder_paths.get_full_path_or_raise(VIDEO_MODEL_FOLDER, unet_name)
-            st = os.stat(path)
-            return (path, st.st_mtime, st.st_size, weight_dtype)
-        except Exception:  # a missing file is reported by execute
-            return float("nan")
+        return file_fingerprint(VIDEO_MODEL_FOLDER, unet_name), weight_dtype
 
     @classmethod
     def execute(cls, unet_name, weight_dtype) -> io.NodeOutput:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ from ..framebridge_core.checkpoints import (
 from ..framebridge_core.errors import CheckpointError
 from ..framebridge_core.frames_adapter import LatteNeuralPriorFrames
 from .models import build_latte_patcher, comfy_attention, latent_space_of
-from .paths import full_path, model_files
+from .paths import full_path, model_files, model_fingerprint
 
 CATEGORY = "FrameBridge/loaders"
 WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,15 +55,6 @@ _NOT_LOADABLE = {
 }
 
 
-def _fingerprint(ckpt_name: str):
-    try:
-        path = full_path(ckpt_name)
-        st = os.stat(path)
-        return (path, st.st_mtime, st.st_size)
-    except Exception:  # a missing file is reported by execute, with a clear message
-        return float("nan")
-
-
 class LoadFrameBridge(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -93,7 +83,7 @@ class LoadFrameBridge(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name, weight_dtype):
-        return _fingerprint(ckpt_name), weight_dtype
+        return model_fingerprint(ckpt_name), weight_dtype
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
@@ -142,7 +132,7 @@ class LoadNeuralPrior(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name):
-        return _fingerprint(ckpt_name)
+        return model_fingerprint(ckpt_name)
 
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:

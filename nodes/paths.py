@@ -33,6 +33,23 @@ def model_files() -> list[str]:
     return folder_paths.get_filename_list(FOLDER)
 
 
+def file_fingerprint(folder: str, name: str):
+    """(path, mtime, size) of a model file, so an overwritten file re-runs its loader; NaN (never
+    equal, so the node runs and reports the problem) when it cannot be found."""
+    try:
+        path = folder_paths.get_full_path_or_raise(folder, name)
+        st = os.stat(path)
+        return (path, st.st_mtime, st.st_size)
+    except Exception:
+        return float("nan")
+
+
+def model_fingerprint(name: str):
+    """:func:`file_fingerprint` of a file in the framebridge folder."""
+    register_model_folder()
+    return file_fingerprint(FOLDER, name)
+
+
 def full_path(name: str) -> str:
     register_model_folder()
     return folder_paths.get_full_path_or_raise(FOLDER, name)

@@ -53,7 +53,7 @@ from ..framebridge_core.videocrafter import (
     split_checkpoint,
 )
 from .models import ATTACHMENT, BridgeInfo, BridgeModelSampling, _pick_dtypes, bridge_info, comfy_attention
-from .paths import full_path, model_files
+from .paths import full_path, model_files, model_fingerprint
 
 FAMILY = "videocrafter"
 CLIP_VISION_TOKENS_KEY = "fb_clip_vision"
@@ -329,12 +329,7 @@ class LoadFrameBridgeCheckpoint(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name, weight_dtype):
-        try:
-            path = full_path(ckpt_name)
-            st = os.stat(path)
-            return (path, st.st_mtime, st.st_size), weight_dtype
-        except Exception:
-            return float("nan")
+        return model_fingerprint(ckpt_name), weight_dtype
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:

@@ -18,7 +18,7 @@ import torch
 from framebridge_core.data.camera_motion import render_clip
 from framebridge_core.errors import ConfigError
 from framebridge_core.tiny import DEFAULT_IMAGE, PRETRAINED_DIR, TinyAnimator
-from framebridge_core.video_io import load_image, read_animation
+from framebridge_core.video_io import load_image, pil_to_uint8, read_animation
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("PIL")
@@ -38,9 +38,7 @@ def source():
     """The default image as a camera-motion source ([3, h, w] in 0..1)."""
     from PIL import Image
 
-    img = Image.open(DEFAULT_IMAGE).convert("RGB")
-    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(img.height, img.width, 3) \
-        .permute(2, 0, 1).float() / 255
+    return pil_to_uint8(Image.open(DEFAULT_IMAGE)).permute(2, 0, 1).float() / 255
 
 
 def test_bundled_models_ship_with_the_pack_and_fit_the_budget():

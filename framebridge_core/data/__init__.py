@@ -4,72 +4,8 @@ Pure torch; the optional image sources (scikit-image, scikit-learn, Pillow and t
 templates media wheel) are imported lazily, and procedural textures work without any of them.
 """
 
-from .camera_motion import (
-    MOTION_DESCRIPTIONS,
-    MOTIONS,
-    NUM_MOTIONS,
-    PAN_FRACTION,
-    ROTATION_DEGREES,
-    ZOOM_FACTOR,
-    CameraMotionDataset,
-    camera_path,
-    clip_extent,
-    default_view,
-    fit_view,
-    max_window,
-    motion_index,
-    motion_name,
-    render_clip,
-    to_uint8_frames,
-)
-from .sources import (
-    DEFAULT_IMAGE_SOURCE,
-    DEFAULT_NUM_TEXTURES,
-    FORCED_TEST_SOURCES,
-    SHORT_SIDE,
-    SOURCE_KINDS,
-    TEST_FRACTION,
-    clear_cache,
-    list_sources,
-    load_source,
-    load_sources,
-    make_texture,
-    skipped_sources,
-    source_counts,
-    split_key,
-    split_of,
-)
+from . import camera_motion, sources
+from .camera_motion import *  # noqa: F401,F403  (re-exports camera_motion.__all__)
+from .sources import *  # noqa: F401,F403  (re-exports sources.__all__)
 
-__all__ = [
-    "MOTIONS",
-    "MOTION_DESCRIPTIONS",
-    "NUM_MOTIONS",
-    "PAN_FRACTION",
-    "ZOOM_FACTOR",
-    "ROTATION_DEGREES",
-    "motion_index",
-    "motion_name",
-    "camera_path",
-    "clip_extent",
-    "max_window",
-    "fit_view",
-    "default_view",
-    "render_clip",
-    "to_uint8_frames",
-    "CameraMotionDataset",
-    "SOURCE_KINDS",
-    "SHORT_SIDE",
-    "TEST_FRACTION",
-    "DEFAULT_NUM_TEXTURES",
-    "DEFAULT_IMAGE_SOURCE",
-    "FORCED_TEST_SOURCES",
-    "split_key",
-    "split_of",
-    "list_sources",
-    "load_source",
-    "load_sources",
-    "make_texture",
-    "source_counts",
-    "skipped_sources",
-    "clear_cache",
-]
+__all__ = [*camera_motion.__all__, *sources.__all__]

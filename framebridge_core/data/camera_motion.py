@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError
+from ..labels import CAMERA_MOTIONS
 from .sources import DEFAULT_NUM_TEXTURES, SOURCE_KINDS, list_sources, load_source
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "ZOOM_FACTOR",
     "ROTATION_DEGREES",
     "motion_index",
+    "motion_key",
     "motion_name",
     "camera_path",
     "clip_extent",
@@ -60,18 +62,9 @@ __all__ = [
     "CameraMotionDataset",
 ]
 
-#: Motion classes; the index is the class id stored in trained models, so this order is frozen.
-MOTIONS: tuple[str, ...] = (
-    "static",
-    "pan-left",
-    "pan-right",
-    "pan-up",
-    "pan-down",
-    "zoom-in",
-    "zoom-out",
-    "rotate-cw",
-    "rotate-ccw",
-)
+#: Motion classes; the index is the class id stored in trained models, so this order is frozen
+#: (it lives in labels.py, which the ComfyUI nodes read without importing this module).
+MOTIONS: tuple[str, ...] = CAMERA_MOTIONS
 NUM_MOTIONS = len(MOTIONS)
 
 #: What the viewer sees for each class.
@@ -102,6 +95,11 @@ _PAN_DIRECTIONS = {"pan-left": (-1.0, 0.0), "pan-right": (1.0, 0.0), "pan-up": (
 # ----------------------------------------------------------------------------- names
 
 
+def motion_key(name: str) -> str:
+    """Canonical spelling of a motion name: lower case, ``-`` for ``_`` and spaces."""
+    return "-".join(name.strip().lower().replace("_", "-").split())
+
+
 def motion_index(name) -> int:
     """Class id of a motion name; case-insensitive, ``_``/space accepted for ``-``; ints pass through."""
     if isinstance(name, bool):
@@ -114,7 +112,7 @@ def motion_index(name) -> int:
             f"({', '.join(f'{i}={m}' for i, m in enumerate(MOTIONS))})."
         )
     if isinstance(name, str):
-        key = "-".join(name.strip().lower().replace("_", "-").split())
+        key = motion_key(name)
         if key in MOTIONS:
             return MOTIONS.index(key)
     raise ConfigError(

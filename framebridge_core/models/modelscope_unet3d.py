@@ -1,9 +1,9 @@
 """ModelScope text-to-video UNet3D (ModelScope T2V, ZeroScope v2): BIVDiff's video model.
 
-A clean re-implementation of the network diffusers calls ``UNet3DConditionModel``, which is what
-BIVDiff loads for ZeroScope (``inference.py``: ``UNet3DConditionModel.from_pretrained(...,
-subfolder="unet")``). Parameter names and shapes are exactly diffusers', so a diffusers
-``unet/diffusion_pytorch_model.safetensors`` loads with ``strict=True``.
+A clean re-implementation of the network diffusers calls ``UNet3DConditionModel``, the video model
+of BIVDiff's ZeroScope setting (its ``inference.py`` reads the pipeline's ``unet`` folder).
+Parameter names and shapes are exactly diffusers', so a local diffusers
+``unet/diffusion_pytorch_model.safetensors`` loads with ``strict=True``; nothing is downloaded.
 
 Architecture (diffusers ``unets/unet_3d_condition.py``, ``unet_3d_blocks.py``):
 
