@@ -26,6 +26,7 @@ NEURAL_PRIOR_STEPS=${NEURAL_PRIOR_STEPS:-$STEPS}
 BRIDGE_NP_STEPS=${BRIDGE_NP_STEPS:-$STEPS}
 SAF_STEPS=${SAF_STEPS:-$STEPS}
 PLAIN_FINETUNE_STEPS=${PLAIN_FINETUNE_STEPS:-$STEPS}
+BRIDGE_X0_STEPS=${BRIDGE_X0_STEPS:-$BRIDGE_STEPS}
 SOURCES=${SOURCES:-}           # image sources, e.g. "textures"; empty = all (skimage, sklearn, templates, textures)
 
 BRIDGE_MIN=${BRIDGE_MIN:-7}
@@ -34,6 +35,7 @@ NEURAL_PRIOR_MIN=${NEURAL_PRIOR_MIN:-4}
 BRIDGE_NP_MIN=${BRIDGE_NP_MIN:-4}        # on top of the bridge it starts from
 SAF_MIN=${SAF_MIN:-3}                    # on top of the diffusion model it starts from
 PLAIN_FINETUNE_MIN=${PLAIN_FINETUNE_MIN:-3}
+BRIDGE_X0_MIN=${BRIDGE_X0_MIN:-$BRIDGE_MIN}   # the bridge with the bundled models' x0 output
 
 NFE=${NFE:-5,10,25,50}
 CLIPS=${CLIPS:-144}
@@ -62,6 +64,9 @@ if [ -z "${SKIP_TRAIN:-}" ]; then
   "$PYTHON" -m framebridge_core train --kind plain-finetune --preset "$PRESET" --minutes "$PLAIN_FINETUNE_MIN" --steps "$PLAIN_FINETUNE_STEPS" \
     --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/plain-finetune" --resume \
     --init-from "$RUNS/diffusion/model.safetensors"
+  # 7. FrameBridge from scratch with the x0 output of the bundled tiny models
+  "$PYTHON" -m framebridge_core train --kind bridge --bridge-output x0 --preset "$PRESET" --minutes "$BRIDGE_X0_MIN" \
+    --steps "$BRIDGE_X0_STEPS" --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/bridge-x0" --resume
 fi
 
 # the benchmark (trains and caches $RUNS/motion-classifier.safetensors on first use)

@@ -45,10 +45,12 @@ import torch
 from .errors import ConfigError
 
 #: Variants in the order they are evaluated and listed.
-VARIANTS = ("bridge", "diffusion", "bridge-np", "neural-prior", "saf", "plain-finetune", "bridge-precond")
-#: run folders holding a model of another variant: ``bridge-precond`` is a ``bridge`` trained with
-#: ``--bridge-output precond`` (the output of the bundled tiny models); optional
-VARIANT_OF = {"bridge-precond": "bridge"}
+VARIANTS = ("bridge", "diffusion", "bridge-np", "neural-prior", "saf", "plain-finetune", "bridge-x0",
+            "bridge-precond")
+#: run folders holding a model of another variant: ``bridge-x0`` / ``bridge-precond`` are ``bridge``
+#: networks trained with ``--bridge-output x0`` (the output of the bundled tiny models) or
+#: ``precond``; optional
+VARIANT_OF = {"bridge-x0": "bridge", "bridge-precond": "bridge"}
 #: The order they are trained in (``benchmarks/train_bench.sh``).
 TRAIN_ORDER = ("bridge", "diffusion", "neural-prior", "bridge-np", "saf", "plain-finetune")
 LABELS = {
@@ -58,7 +60,8 @@ LABELS = {
     "neural-prior": "neural prior alone",
     "saf": "SAF (diffusion → bridge)",
     "plain-finetune": "non-SAF fine-tune",
-    "bridge-precond": "FrameBridge, precond output (ours)",
+    "bridge-x0": "FrameBridge, x0 output (ours)",
+    "bridge-precond": "FrameBridge, precond output",
     "copy": "copy first frame",
     "real": "ground truth (real-vs-real floor)",
 }

@@ -383,7 +383,7 @@ META_PREDICTS = "framebridge.predicts"
 
 
 def _latte_output(metadata: Mapping[str, str]) -> str:
-    """``eps_psi`` (official checkpoints, no metadata) or ``precond`` (the project's tiny models)."""
+    """``eps_psi`` (official checkpoints, no metadata), or ``precond`` / ``x0`` (the project's tiny models)."""
     value = metadata.get(META_PREDICTS, "eps_psi")
     if value not in OUTPUTS:
         raise CheckpointError(

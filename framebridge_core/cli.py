@@ -91,11 +91,17 @@ def _generate(args) -> int:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (not part of the tests)")
-    p.add_argument("what", choices=["quality"], help="quality: bridge vs diffusion vs neural prior vs SAF")
+    p.add_argument("what", choices=["quality", "motion"],
+                   help="quality: bridge vs diffusion vs neural prior vs SAF; motion: do the bundled "
+                        "models follow the requested motion on unseen images")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help)")
 
 
 def _bench(args) -> int:
+    if args.what == "motion":
+        from .bench_motion import main as motion_main
+
+        return motion_main(args.rest)
     from .bench_quality import main as bench_main
 
     return bench_main(args.rest)

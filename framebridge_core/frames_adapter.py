@@ -145,10 +145,10 @@ class LatteBridgeFrames(nn.Module):
             coarse = fold_frames(_repeat_rows(prior, x.shape[0], "the prior").to(xv.dtype), T, "the prior")
         x_in = self.net.build_bridge_input(xv, cond.to(xv.dtype), coarse)
         out = self.net(x_in, tt, labels, drop_condition_frame=True)[:, :, : cfg.latent_channels]
-        if cfg.output == "precond":  # convert to the eps_psi the sampler expects
+        if cfg.output in preconditioning.CONVERTED_OUTPUTS:  # convert to the eps_psi the sampler expects
             y = coarse if coarse is not None else cond[:, None].expand_as(xv)
             sigma = self._sigma.to(xv.device)[tt.long()].view(-1, 1, 1, 1, 1)
-            out = preconditioning.to_eps_psi(out.float(), xv.float(), y.float(), sigma).to(out.dtype)
+            out = preconditioning.to_eps_psi(out.float(), xv.float(), y.float(), sigma, cfg.output).to(out.dtype)
         return unfold_frames(out)
 
 

@@ -64,14 +64,19 @@ class TrainConfig:
     steps: int = 3000
     minutes: float = 0.0            # wall-time budget; 0 = none
     batch: int = 8
-    lr: float = 3e-4
+    lr: float = 1e-3                # 3e-4 learnt the motion classes markedly slower (tiny-model notes)
     warmup: int = 200
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    ema: float = 0.999
+    ema: float = 0.995              # a ~200-step window: CPU runs are a few thousand steps long
     class_dropout: float = 0.1
+    # std of the initial class table. The official 0.02 leaves the class almost invisible next to
+    # the timestep embedding, and with adaLN-Zero the class path then learns last: at our budget the
+    # networks ignored the motion class. 1.0 makes the classes distinct from step 0
+    # (docs/notes/tiny-model.md has the measurement).
+    label_init_std: float = 1.0
     loss_weighting: str = "sigma2-clamped"   # eps_psi variants; "uniform" = the official loss
-    bridge_output: str = "eps_psi"           # bridge / bridge-np network output: eps_psi or precond
+    bridge_output: str = "eps_psi"           # bridge / bridge-np network output: eps_psi, precond or x0
     seed: int = 0
     ckpt_every: int = 250
     log_every: int = 25
@@ -109,13 +114,17 @@ def network_config(kind: str, preset: str, num_classes: int, output: str = "eps_
     return LatteConfig(in_channels=6 if kind == "bridge-np" else 3, output=out, **common)
 
 
-def build_network(kind: str, config: LatteConfig, generator: Optional[torch.Generator] = None) -> torch.nn.Module:
-    if kind == "neural-prior":
-        net = LatteNeuralPrior(config)
-        net.nwarp_model.initialize_weights(generator)
-    else:
-        net = LatteModel(config)
-        net.initialize_weights(generator)
+def build_network(kind: str, config: LatteConfig, generator: Optional[torch.Generator] = None,
+                  label_init_std: Optional[float] = None) -> torch.nn.Module:
+    """A freshly initialised network (official initialisation; ``label_init_std`` rescales the
+    class table, see :class:`TrainConfig`)."""
+    net = LatteNeuralPrior(config) if kind == "neural-prior" else LatteModel(config)
+    inner = _inner(net)
+    inner.initialize_weights(generator)
+    if label_init_std is not None and inner.y_embedder is not None:
+        w = inner.y_embedder.embedding_table.weight
+        with torch.no_grad():
+            w.copy_(torch.randn(w.shape, generator=generator) * label_init_std)
     return net
 
 
@@ -241,7 +250,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
     num_classes = len(_motions(dataset))
     config = network_config(cfg.kind, cfg.preset, num_classes, cfg.bridge_output)
     init_gen = torch.Generator().manual_seed(cfg.seed)
-    net = build_network(cfg.kind, config, init_gen)
+    net = build_network(cfg.kind, config, init_gen, cfg.label_init_std)
     inner = _inner(net)
     if cfg.init_from:
         sd, _ = read_weights(cfg.init_from)

@@ -143,9 +143,10 @@ def training_loss(kind: str, model, video: torch.Tensor, labels: torch.Tensor, s
     out = model(x_in, _net_timestep(kind, t, sched), labels, drop_condition_frame=True)
     if kind in ("bridge", "bridge-np"):
         sigma = gather(sched.bridge.sigma, t, video)
-        if cfg.output == "precond":
-            target = preconditioning.target(video, x_t, y, sigma)
-            return F.mse_loss(out.float(), target.float())
+        if cfg.output in preconditioning.CONVERTED_OUTPUTS:
+            target = preconditioning.target(video, x_t, y, sigma, cfg.output)
+            w = preconditioning.loss_weight(sigma.float(), cfg.output)
+            return (w * (out.float() - target.float()).pow(2)).mean()
         target = (x_t - video) / sigma
         w = eps_psi_weight(sigma.float(), weighting)
         return (w * (out.float() - target.float()).pow(2)).mean()
@@ -202,8 +203,8 @@ def generate(kind: str, model, first_frame: torch.Tensor, labels: torch.Tensor, 
         x_in = model.build_bridge_input(_net_input(kind, x, y, ti, sched).to(dtype), cond, coarse)
         out = _guided(model, x_in, _net_timestep(kind, ti, sched), labels, cfg_scale).to(x.dtype)
         if kind in ("bridge", "bridge-np"):
-            if cfg.output == "precond":
-                return preconditioning.x0_from_output(out, x, y, sched.bridge.sigma[int(i)])
+            if cfg.output in preconditioning.CONVERTED_OUTPUTS:
+                return preconditioning.x0_from_output(out, x, y, sched.bridge.sigma[int(i)], cfg.output)
             return output_to_x0("eps_psi", out, x, y, int(i), sched.bridge)
         return output_to_x0("v_aligned", out, x, y, int(i), sched.bridge)
 

@@ -357,3 +357,16 @@ def test_bad_inputs_raise_typed_errors():
     frames = to_uint8_frames(torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 1, 3).expand(2, 3, 1, 3))
     assert frames.shape == (2, 1, 3, 3) and frames.dtype.name == "uint8"
     assert frames[0, 0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_fixed_set_renders_the_same_views_with_other_motions():
+    """``render_as`` keeps sources, views and labels and changes only the camera path."""
+    ds = _texture_dataset("test")
+    video, labels, names = ds.fixed_set(9, seed=3)
+    still, labels2, names2 = ds.fixed_set(9, seed=3, render_as=[MOTIONS.index("static")] * 9)
+    assert torch.equal(labels, labels2) and names == names2
+    torch.testing.assert_close(still[:, 0], video[:, 0])                 # same view
+    torch.testing.assert_close(still[:, -1], video[:, 0], atol=1e-5, rtol=0)  # static: never moves
+    assert float((video[:, -1] - video[:, 0]).abs().mean()) > 0.02        # the set itself moves
+    with pytest.raises(ConfigError, match="render_as has 3 motions; the set has n=9"):
+        ds.fixed_set(9, seed=3, render_as=[0, 0, 0])

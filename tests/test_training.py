@@ -201,12 +201,39 @@ def test_precond_output_round_trips_and_converts_to_the_eps_psi_it_stands_for():
     assert float(c[1]) < 1 and abs(float(c[0]) / 0.05 - 1) < 0.01
 
 
-def test_frames_adapter_gives_comfyui_the_eps_psi_of_a_precond_network():
-    """The ComfyUI adapter (frames as batch) and the core sampler agree on a precond network."""
+def test_x0_output_is_the_change_from_the_prior_and_its_loss_weight_is_capped():
+    from framebridge_core import preconditioning as pc
+
+    g = torch.Generator().manual_seed(5)
+    x0, y, x_t = (torch.randn(2, 4, 3, 8, 8, generator=g) for _ in range(3))
+    sigma = torch.tensor([0.05, 5.0]).view(2, 1, 1, 1, 1)
+    target = pc.target(x0, x_t, y, sigma, "x0")
+    torch.testing.assert_close(target, x0 - y)
+    torch.testing.assert_close(pc.x0_from_output(target, x_t, y, sigma, "x0"), x0)
+    torch.testing.assert_close(x_t - sigma * pc.to_eps_psi(target, x_t, y, sigma, "x0"), x0)
+    w = pc.loss_weight(torch.tensor([0.01, 0.25, 1.0, 5.0]), "x0")
+    torch.testing.assert_close(w, torch.tensor([17.0, 17.0, 2.0, 1.04]))
+    assert torch.equal(pc.loss_weight(torch.tensor([0.1, 3.0])), torch.ones(2))     # precond: EDM weighting
+    with pytest.raises(ConfigError, match="'eps_psi' has no conversion"):
+        pc.target(x0, x_t, y, sigma, "eps_psi")
+
+
+def test_label_table_starts_at_the_requested_scale():
+    cfg = network_config("bridge", "smoke", 9)
+    g = torch.Generator().manual_seed(0)
+    table = build_network("bridge", cfg, g, label_init_std=1.0).y_embedder.embedding_table.weight.detach()
+    assert 0.8 < float(table.std()) < 1.2
+    official = build_network("neural-prior", network_config("neural-prior", "smoke", 9), g)
+    assert float(official.nwarp_model.y_embedder.embedding_table.weight.std()) < 0.03
+
+
+@pytest.mark.parametrize("output", ["precond", "x0"])
+def test_frames_adapter_gives_comfyui_the_eps_psi_of_a_converted_network(output):
+    """The ComfyUI adapter (frames as batch) and the core sampler agree on a precond / x0 network."""
     from framebridge_core import preconditioning as pc
     from framebridge_core.frames_adapter import LatteBridgeFrames
 
-    cfg = network_config("bridge", "smoke", 9, output="precond")
+    cfg = network_config("bridge", "smoke", 9, output=output)
     g = torch.Generator().manual_seed(4)
     core = build_network("bridge", cfg, g)
     adapter = LatteBridgeFrames(cfg)
@@ -218,7 +245,7 @@ def test_frames_adapter_gives_comfyui_the_eps_psi_of_a_precond_network():
     labels = torch.tensor([2, 9])
     sigma = Schedules.default().bridge.sigma[i].float().view(2, 1, 1, 1, 1)
     want = pc.to_eps_psi(core(core.build_bridge_input(x, cond), i, labels, drop_condition_frame=True),
-                         x, cond[:, None].expand_as(x), sigma)
+                         x, cond[:, None].expand_as(x), sigma, output)
     got = adapter(x.reshape(2 * T, 3, 16, 16), i.repeat_interleave(T),
                   fb_cond_frame=cond.repeat_interleave(T, 0), fb_class=labels.repeat_interleave(T))
     torch.testing.assert_close(got.reshape(2, T, 3, 16, 16), want, rtol=1e-5, atol=1e-5)

@@ -33,7 +33,7 @@ not shimmer.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -531,18 +531,22 @@ class CameraMotionDataset:
         y0, y1 = -ymin * window, h - ymax * window
         return window, (x0 + (x1 - x0) * u_x, y0 + (y1 - y0) * u_y)
 
-    def _clip(self, src: int, motion: int, flip: bool, u_win: float, u_x: float, u_y: float) -> torch.Tensor:
+    def _clip(self, src: int, motion: int, flip: bool, u_win: float, u_x: float, u_y: float,
+              render_motion: Optional[int] = None) -> torch.Tensor:
         img = self.images[src]
         window, (cx, cy) = self._view(img, motion, u_win, u_x, u_y)
-        plan = _plan(motion, self.frames, self.size, self.strength)
+        shown = motion if render_motion is None else render_motion
+        plan = _plan(shown, self.frames, self.size, self.strength)
         return _render(img, plan, window, cx, cy, flip, self.antialias)
 
-    def _batch(self, srcs, labels, u) -> torch.Tensor:
+    def _batch(self, srcs, labels, u, render_as=None) -> torch.Tensor:
         n = len(srcs)
         out = torch.empty(n, self.frames, 3, self.size, self.size)
         for i in range(n):
             flip = self.flip and u[i, 0] < 0.5
-            out[i] = self._clip(int(srcs[i]), int(labels[i]), bool(flip), float(u[i, 1]), float(u[i, 2]), float(u[i, 3]))
+            other = None if render_as is None else int(render_as[i])
+            out[i] = self._clip(int(srcs[i]), int(labels[i]), bool(flip), float(u[i, 1]), float(u[i, 2]),
+                                float(u[i, 3]), other)
         return out.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0)
 
     def sample_batch(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -560,12 +564,15 @@ class CameraMotionDataset:
         labels = torch.tensor([self.motion_ids[int(c)] for c in cls], dtype=torch.long)
         return self._batch(srcs, labels, u), labels
 
-    def fixed_set(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def fixed_set(self, n: int, seed: int = 0, render_as: Optional[Sequence[int]] = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """A deterministic evaluation set ``(video, labels, source_names)``.
 
         Labels cycle through the dataset's motions (balanced to within one clip); sources follow a
         seeded permutation, so every source is used before any repeats. Same ``n``/``seed`` and same
-        sources give the same output on every run.
+        sources give the same output on every run. ``render_as`` (one motion id per clip) renders
+        the same views (same frame 0) with other motions, e.g. the opposite ones; the returned
+        labels stay those of the set.
         """
         if isinstance(n, bool) or int(n) != n or n < 1:
             raise ConfigError(f"n={n!r} is invalid; allowed: an integer >= 1 (clips in the set).")
@@ -575,4 +582,6 @@ class CameraMotionDataset:
         srcs = perm[torch.arange(n) % len(self.images)]
         labels = torch.tensor([self.motion_ids[i % len(self.motion_ids)] for i in range(n)], dtype=torch.long)
         u = torch.rand(n, 4, generator=g, dtype=torch.float64)
-        return self._batch(srcs, labels, u), labels, [self.source_names[int(s)] for s in srcs]
+        if render_as is not None and len(render_as) != n:
+            raise ConfigError(f"render_as has {len(render_as)} motions; the set has n={n} clips.")
+        return self._batch(srcs, labels, u, render_as), labels, [self.source_names[int(s)] for s in srcs]

@@ -53,7 +53,7 @@ from ..configs import config_from_dict
 from ..errors import ConfigError, ShapeError
 
 #: meanings of the bridge network output (LatteConfig.output)
-OUTPUTS = ("eps_psi", "precond")
+OUTPUTS = ("eps_psi", "precond", "x0")
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -101,8 +101,9 @@ class LatteConfig:
         learn_sigma: the output carries extra variance channels (unused by FrameBridge).
         frequency_embedding_size: width of the sinusoidal timestep features (256).
         output: what the bridge network's raw output means: ``"eps_psi"`` (official) or
-            ``"precond"`` (a preconditioned x0 prediction, see :mod:`framebridge_core.preconditioning`;
-            the project's tiny models). The layers are the same; callers convert.
+            ``"precond"`` (a preconditioned x0 prediction) or ``"x0"`` (x0 as a change from the
+            prior), the project's tiny models, see :mod:`framebridge_core.preconditioning`. The
+            layers are the same; callers convert.
     """
 
     input_size: int = 32
