@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Animate an image with the bundled tiny FrameBridge, offline, on a CPU.
 # Sets up .venv (CPU build of torch + the pack) on first use, then runs the generate command.
-#   bash demo.sh [--image FILE] [--motion zoom-in] [--out out.webp] [--neural-prior] [--steps 25]
+#   bash demo.sh [--image FILE] [--motion zoom-in] [--out out.webp] [--no-neural-prior] [--steps 25]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 

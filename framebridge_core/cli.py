@@ -58,8 +58,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--steps", type=int, default=25, help="sampling steps = network evaluations (default 25)")
     p.add_argument("--cfg", type=float, default=None, help="class guidance scale (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler noise")
-    p.add_argument("--neural-prior", action="store_true",
-                   help="start the bridge from the neural prior's coarse video (bundled bridge-np model)")
+    p.add_argument("--neural-prior", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the bridge from the neural prior's coarse video (the default: the bundled "
+                        "bridge-np model follows the motion best); --no-neural-prior starts it from the "
+                        "still image (the plain bundled bridge)")
     p.add_argument("--model", default=None, help="a model file trained by `train` instead of the bundled one")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the written frames (default 4)")
     p.add_argument("--fps", type=int, default=8)
