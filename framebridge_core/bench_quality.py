@@ -52,7 +52,8 @@ VARIANTS = ("bridge", "diffusion", "bridge-np", "neural-prior", "saf", "plain-fi
 #: ``precond``; optional
 VARIANT_OF = {"bridge-x0": "bridge", "bridge-precond": "bridge"}
 #: The order they are trained in (``benchmarks/train_bench.sh``).
-TRAIN_ORDER = ("bridge", "diffusion", "neural-prior", "bridge-np", "saf", "plain-finetune")
+TRAIN_ORDER = ("bridge", "diffusion", "neural-prior", "bridge-np", "saf", "plain-finetune", "bridge-x0",
+               "bridge-precond")
 LABELS = {
     "bridge": "FrameBridge",
     "diffusion": "diffusion (DDIM)",
