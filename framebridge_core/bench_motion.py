@@ -25,6 +25,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
 import torch
@@ -67,17 +68,17 @@ def classifier_view(video: torch.Tensor) -> torch.Tensor:
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-clip PSNR of ``[B, ...]`` in [-1, 1]."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return 10 * torch.log10(4.0 / mse)
+    """Per-image PSNR (dB) of ``[B, C, H, W]`` in [-1, 1]; identical images give 100 dB ("exact")."""
+    from .metrics import psnr
+
+    return psnr(a, b, min_mse=1e-10)
 
 
 def _animators(args):
     from .tiny import TinyAnimator
 
-    out = {"bridge": TinyAnimator(args.model),
-           "bridge-np": TinyAnimator(args.np_model, neural_prior=True, neural_prior_model=args.prior_model)}
-    return out
+    return {"bridge": TinyAnimator(args.model),
+            "bridge-np": TinyAnimator(args.np_model, neural_prior=True, neural_prior_model=args.prior_model)}
 
 
 def _generate(animator, first: torch.Tensor, names: list[str], args, prior_only: bool) -> tuple[torch.Tensor, float]:
@@ -91,8 +92,7 @@ def _generate(animator, first: torch.Tensor, names: list[str], args, prior_only:
             with torch.no_grad():
                 clips.append(animator.prior_net(frame[None], label).float()[0].clamp(-1, 1))
         else:
-            cfg = args.cfg if args.cfg is not None else float(animator.meta.get("framebridge.default_cfg", 2.0))
-            clips.append(animator.animate(frame, motion, steps=args.steps, cfg=cfg, seed=args.seed + i))
+            clips.append(animator.animate(frame, motion, steps=args.steps, cfg=args.cfg, seed=args.seed + i))
     return torch.stack(clips), (time.time() - t0) / len(names)
 
 
@@ -118,8 +118,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     small_truth = classifier_view(truth)
     heldout = (small_truth, labels)
-    clf, clf_meta, _ = bench_quality._classifier(Path(args.classifier), _ClfArgs(args.seed), size // 2,
-                                                 frames // 2, SOURCE_KINDS, heldout)
+    # the classifier options of `bench quality` (its defaults), so its cache is shared
+    clf_args = SimpleNamespace(seed=args.seed, classifier_steps=800, classifier_batch=32)
+    clf, clf_meta, _ = bench_quality._classifier(Path(args.classifier), clf_args, size // 2, frames // 2,
+                                                 SOURCE_KINDS, heldout)
     rows = [("ground truth", truth, 0.0), ("copy first frame", truth[:, :1].expand_as(truth).contiguous(), 0.0)]
     for kind in ("bridge", "bridge-np"):
         _log(f"generating {len(names)} clips with {kind} ...")
@@ -137,20 +139,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-class _ClfArgs:
-    """The classifier options of ``bench quality`` (its defaults)."""
-
-    def __init__(self, seed: int):
-        self.seed, self.classifier_steps, self.classifier_batch = seed, 800, 32
-
-
 def _db(value: float, fmt: str) -> str:
     return "exact" if abs(value) > 90 else format(value, fmt)
 
 
 def _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, seconds) -> list[str]:
     from .data.camera_motion import MOTIONS
-    from .metrics import classifier_accuracy
 
     motions = list(MOTIONS)
     head = ["| model | motion accuracy | requested vs opposite motion, last frame (dB) | closer to the requested motion | "
@@ -158,10 +152,9 @@ def _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, s
             "|---|---|---|---|---|---|---|"]
     per_motion = ["| model | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions)]
     for name, video, spc in rows:
-        small = classifier_view(video)
-        acc = classifier_accuracy(clf, small, labels)
         with torch.no_grad():
-            pred = clf.eval()(small).argmax(1)
+            pred = clf.eval()(classifier_view(video)).argmax(1)
+        acc = float((pred == labels).float().mean())
         req = _psnr(video[:, -1], truth[:, -1])
         opp = _psnr(video[:, -1], opposite[:, -1])
         closer = float((req[moving] > opp[moving]).float().mean())
@@ -208,8 +201,8 @@ def _sheet(args, animator, contact_sheet) -> None:
     from .video_io import load_image
 
     frame = load_image(DEFAULT_IMAGE, animator.size)
-    cfg = args.cfg if args.cfg is not None else float(animator.meta.get("framebridge.default_cfg", 2.0))
-    clips = [animator.animate(frame, m, steps=args.steps, cfg=cfg, seed=args.seed)[[0, 5, 10, 15]] for m in MOTIONS]
+    clips = [animator.animate(frame, m, steps=args.steps, cfg=args.cfg, seed=args.seed)[[0, 5, 10, 15]]
+             for m in MOTIONS]
     contact_sheet(clips, args.sheet, scale=2)
 
 

@@ -72,7 +72,6 @@ def _generate(args) -> int:
     import torch
 
     from .tiny import DEFAULT_IMAGE, TinyAnimator
-    from .training import META_PREFIX
     from .video_io import contact_sheet, load_image, write_animation
 
     if args.threads:
@@ -80,9 +79,8 @@ def _generate(args) -> int:
     t0 = time.time()
     animator = TinyAnimator(args.model, neural_prior=args.neural_prior)
     frame = load_image(args.image or DEFAULT_IMAGE, animator.size)
-    cfg = args.cfg if args.cfg is not None else float(animator.meta.get(META_PREFIX + "default_cfg", "1.0"))
     t1 = time.time()
-    video = animator.animate(frame, args.motion, steps=args.steps, cfg=cfg, seed=args.seed)
+    video = animator.animate(frame, args.motion, steps=args.steps, cfg=args.cfg, seed=args.seed)
     t2 = time.time()
     out = write_animation(video, args.out, fps=args.fps, scale=args.scale)
     sheet = contact_sheet([video], out.with_name(out.stem + "-sheet.png"), scale=2)

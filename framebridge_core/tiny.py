@@ -68,14 +68,19 @@ class TinyAnimator:
     def frames(self) -> int:
         return self.net.config.num_frames
 
-    def animate(self, frame: torch.Tensor, motion: str, *, steps: int = 25, cfg: float = 2.0,
+    @property
+    def default_cfg(self) -> float:
+        """The class guidance the model was exported with (1.0 = none when the file does not say)."""
+        return float(self.meta.get(META_PREFIX + "default_cfg", "1.0"))
+
+    def animate(self, frame: torch.Tensor, motion: str, *, steps: int = 25, cfg: Optional[float] = None,
                 seed: int = 0, callback: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
-        """``frame [3, S, S]`` in [-1, 1] -> ``[F, 3, S, S]`` clip in [-1, 1]."""
+        """``frame [3, S, S]`` in [-1, 1] -> ``[F, 3, S, S]`` clip in [-1, 1] (``cfg``: the model's default)."""
         if tuple(frame.shape) != (3, self.size, self.size):
             raise ConfigError(f"image frame has shape {tuple(frame.shape)}; this model takes "
                               f"[3, {self.size}, {self.size}] (use video_io.image_to_frame).")
         label = torch.tensor([motion_label(self.meta, motion)])
         gen = torch.Generator().manual_seed(int(seed))
         video = generate(self.kind, self.net, frame[None].float(), label, steps=steps, sched=self.sched,
-                         cfg_scale=cfg, generator=gen, neural_prior=self.prior_net, callback=callback)
+                         cfg_scale=self.default_cfg if cfg is None else cfg, generator=gen, neural_prior=self.prior_net, callback=callback)
         return video[0].clamp(-1, 1)
