@@ -58,11 +58,11 @@ def _reset_peak() -> None:
 def worker(side: str, device: str, repeats: int, out_path: str) -> None:
     import torch
 
-    from framebridge_core.videocrafter import seeded_random_weights
+    from framebridge_core.testing import seeded_random_weights
 
     torch.set_grad_enabled(False)
     if side == "ours":
-        from framebridge_core.models.lvdm_unet3d import UNet3D, UNet3DConfig
+        from framebridge_core.families.videocrafter.unet3d import UNet3D, UNet3DConfig
 
         net = UNet3D(UNet3DConfig())
     else:

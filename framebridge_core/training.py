@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .errors import ConfigError
-from .models.latte import LatteConfig, LatteModel, LatteNeuralPrior
+from .families.latte.network import LatteConfig, LatteModel, LatteNeuralPrior
 from .variants import BRIDGE_KINDS, Schedules, check_kind, training_loss
 
 #: Network sizes. ``tiny`` / ``tiny-np`` are the bundled models (64×64 RGB, 16 frames, patch 8); ``bench`` is the

@@ -3,7 +3,7 @@ small helpers (frame sub-sampling, outpainting mask).
 
 The image-model stage (SD-1.5 + ControlNet / InstructPix2Pix / inpainting on a batch of frames)
 and the video smoothing (KSamplerAdvanced, add_noise disabled, ddim_uniform) are core nodes; only
-what core lacks lives here. The math is in ``framebridge_core.inversion``.
+what core lacks lives here. The math is in ``framebridge_core.bivdiff.inversion``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ import comfy.utils
 import folder_paths
 import latent_preview
 
-from ..framebridge_core import bivdiff
-from ..framebridge_core.checkpoints import detect_family, load_state_dict, load_weights_strict, normalize_state_dict
+from ..framebridge_core.bivdiff import presets as bivdiff
+from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict, normalize_state_dict
+from ..framebridge_core.families import detect_family
+from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D
 from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError
-from ..framebridge_core.inversion import (
+from ..framebridge_core.bivdiff.inversion import (
     LADDERS,
     ddim_step,
     inversion_ladder,
@@ -36,7 +38,7 @@ from ..framebridge_core.inversion import (
     sd_alphas_cumprod,
     sigma_of,
 )
-from ..framebridge_core.models.modelscope_unet3d import ModelScopeFrames
+from ..framebridge_core.families.modelscope.frames import ModelScopeFrames
 from .paths import file_fingerprint
 
 CATEGORY = "FrameBridge/BIVDiff"
@@ -131,7 +133,7 @@ class LoadVideoModel(io.ComfyNode):
         path = folder_paths.get_full_path_or_raise(VIDEO_MODEL_FOLDER, unet_name)
         sd, meta = load_state_dict(path)
         info = detect_family(sd, meta)
-        if info.name != bivdiff.MODELSCOPE_UNET3D:
+        if info.name != MODELSCOPE_UNET3D:
             raise CheckpointError(
                 f"'{unet_name}' is a '{info.name}' checkpoint, not a ModelScope / ZeroScope video UNet; load "
                 f"FrameBridge models with 'Load FrameBridge', image models with the core loaders.")
@@ -165,7 +167,7 @@ def _latent_format(model):
 
 
 class InversionSampler(comfy.samplers.Sampler):
-    """DDIM inversion along a :class:`~framebridge_core.inversion.Ladder` through ComfyUI's model call.
+    """DDIM inversion along a :class:`~framebridge_core.bivdiff.inversion.Ladder` through ComfyUI's model call.
 
     ``latent_image`` is the clean latent in model space (``0.18215·LATENT``), read as the VP latent
     at the ladder's first level. The model is called at σ(t) on ``x = z / sqrt(ᾱ_t)`` (so its input

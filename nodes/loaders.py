@@ -10,16 +10,11 @@ from comfy_api.latest import io
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from ..framebridge_core.checkpoints import (
-    LATTE_BRIDGE,
-    LATTE_NEURAL_PRIOR,
-    detect_family,
-    load_state_dict,
-    load_weights_strict,
-    normalize_state_dict,
-)
+from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict, normalize_state_dict
+from ..framebridge_core.families import detect_family
+from ..framebridge_core.families.latte.checkpoint import LATTE_BRIDGE, LATTE_NEURAL_PRIOR
 from ..framebridge_core.errors import CheckpointError
-from ..framebridge_core.frames_adapter import LatteNeuralPriorFrames
+from ..framebridge_core.families.latte.frames import LatteNeuralPriorFrames
 from .models import build_latte_patcher, comfy_attention, latent_space_of
 from .paths import full_path, model_files, model_fingerprint
 
@@ -100,7 +95,7 @@ class LoadFrameBridge(io.ComfyNode):
                 f"'Load Neural Prior' and connect it to the 'Neural Prior' node."
             )
         if info.name == "videocrafter_bridge":
-            from ..framebridge_core.videocrafter import split_checkpoint
+            from ..framebridge_core.families.videocrafter.checkpoint import split_checkpoint
             from .videocrafter import build_videocrafter_patcher
 
             return io.NodeOutput(build_videocrafter_patcher(info.config, split_checkpoint(sd),

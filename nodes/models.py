@@ -23,7 +23,7 @@ import comfy.supported_models_base
 from ..framebridge_core.bridge import BridgeSchedule
 from ..framebridge_core.checkpoints import load_weights_strict
 from ..framebridge_core.errors import CheckpointError
-from ..framebridge_core.frames_adapter import LatteBridgeFrames
+from ..framebridge_core.families.latte.frames import LatteBridgeFrames
 
 ATTACHMENT = "framebridge"
 

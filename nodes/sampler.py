@@ -18,7 +18,7 @@ import latent_preview
 
 from ..framebridge_core.bridge import SPACINGS
 from ..framebridge_core.errors import ConfigError, ShapeError
-from ..framebridge_core.frames_adapter import PRIOR_KEY
+from ..framebridge_core.families.frames import PRIOR_KEY
 from ..framebridge_core.sampling import METHODS, sample_bridge
 from .prior import require_bridge_model
 

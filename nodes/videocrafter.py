@@ -38,20 +38,20 @@ import comfy.utils
 import folder_paths
 
 from ..framebridge_core.bridge import BridgeSchedule
-from ..framebridge_core.checkpoints import detect_family, load_state_dict, load_weights_strict
+from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict
+from ..framebridge_core.families import detect_family
 from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError
-from ..framebridge_core.frames_adapter import PRIOR_KEY
-from ..framebridge_core.videocrafter import (
+from ..framebridge_core.families.frames import PRIOR_KEY
+from ..framebridge_core.families.videocrafter.bridge import (
     DEFAULT_CFG,
     DEFAULT_SPACING,
     DEFAULT_STEPS,
-    VIDEOCRAFTER,
-    VideoCrafterBridgeFrames,
     aligned_state,
     check_frames_and_size,
     check_schedule_buffers,
-    split_checkpoint,
 )
+from ..framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
+from ..framebridge_core.families.videocrafter.frames import VideoCrafterBridgeFrames
 from .models import ATTACHMENT, BridgeInfo, BridgeModelSampling, _pick_dtypes, bridge_info, comfy_attention
 from .paths import full_path, model_files, model_fingerprint
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from framebridge_core.models.latte import LatteConfig
+from framebridge_core.families.latte.network import LatteConfig
 
 LAT = Path(__file__).parent / "fixtures" / "latte"
 META = json.loads((LAT / "meta.json").read_text())

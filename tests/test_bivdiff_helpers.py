@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from framebridge_core import bivdiff
-from framebridge_core.checkpoints import detect_family, load_model
+from framebridge_core.bivdiff import presets as bivdiff
+from framebridge_core.families import detect_family, load_model
 from framebridge_core.errors import CheckpointError, ConfigError, ShapeError
-from framebridge_core.models.modelscope_unet3d import ModelScopeUNet3D, ModelScopeUNet3DConfig
+from framebridge_core.families.modelscope.unet3d import ModelScopeUNet3D, ModelScopeUNet3DConfig
 
 
 def test_outpainting_masks_cover_half_the_frame():

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from framebridge_core.errors import ConfigError, ShapeError
-from framebridge_core.inversion import (
+from framebridge_core.bivdiff.inversion import (
     cfg_eps,
     ddim_invert,
     ddim_sample,
@@ -31,7 +31,7 @@ from framebridge_core.inversion import (
     ve_euler_step,
     video_to_frames,
 )
-from framebridge_core.models.modelscope_unet3d import ModelScopeUNet3D, ModelScopeUNet3DConfig
+from framebridge_core.families.modelscope.unet3d import ModelScopeUNet3D, ModelScopeUNet3DConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bivdiff"
 AC = sd_alphas_cumprod()

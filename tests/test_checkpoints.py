@@ -10,18 +10,18 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from framebridge_core import checkpoints as ck
+from framebridge_core import families
 from framebridge_core.checkpoints import (
     FamilyDetector,
     FamilyInfo,
-    detect_family,
-    load_model,
     load_state_dict,
     load_weights_strict,
     normalize_state_dict,
 )
+from framebridge_core.families import detect_family, load_model
+from framebridge_core.families.latte.checkpoint import META_NUM_HEADS
 from framebridge_core.errors import CheckpointError, FrameBridgeError
-from framebridge_core.models.latte import (
+from framebridge_core.families.latte.network import (
     LatteConfig,
     LatteModel,
     LatteNeuralPrior,
@@ -53,7 +53,7 @@ def small_latte(hidden=64, **kw) -> LatteModel:
 
 def test_fixture_weights_detected_with_metadata_heads():
     sd, meta = load_state_dict(LAT / "weights_bridge4.safetensors")
-    assert meta["format"] == "safetensors" and meta[ck.META_NUM_HEADS] == "2"
+    assert meta["format"] == "safetensors" and meta[META_NUM_HEADS] == "2"
     info = detect_family(sd, meta)
     assert info.name == "latte_bridge" and info.detector == "latte" and info.prefix == ""
     assert info.config == LatteConfig(in_channels=4, **TINY)
@@ -278,23 +278,21 @@ def test_pickles_without_state_dict(tmp_path):
 # ------------------------------------------------------------------------------ registry
 
 
-def test_registry_accepts_new_families():
-    assert [d.name for d in ck.registered_families()][0] == "latte"
-    saved = list(ck._REGISTRY)
-    try:
-        def detect(sd, meta):
-            if "dummy.weight" in sd:
-                return FamilyInfo(name="dummy", config={"n": sd["dummy.weight"].shape[0]}, detector="dummy")
-            return None
+def test_a_new_family_is_one_more_entry_in_the_explicit_list(monkeypatch):
+    assert [d.name for d in families.FAMILIES] == ["latte", "videocrafter", "modelscope_unet3d"]
 
-        def build(info, **kw):
-            return nn.Linear(1, info.config["n"], bias=False)
+    def detect(sd, meta):
+        if "dummy.weight" in sd:
+            return FamilyInfo(name="dummy", config={"n": sd["dummy.weight"].shape[0]}, detector="dummy")
+        return None
 
-        ck.register_family(FamilyDetector(name="dummy", looks_for=("dummy.weight",), detect=detect,
-                                          build=build, load_weights=load_weights_strict))
-        info = detect_family({"model.dummy.weight": torch.zeros(3, 1)})
-        assert (info.name, info.config, info.prefix) == ("dummy", {"n": 3}, "model.")
-        with pytest.raises(CheckpointError, match=r"dummy: dummy\.weight"):
-            detect_family({"other": torch.zeros(1)})
-    finally:
-        ck._REGISTRY[:] = saved
+    def build(info, **kw):
+        return nn.Linear(1, info.config["n"], bias=False)
+
+    dummy = FamilyDetector(name="dummy", looks_for=("dummy.weight",), detect=detect, build=build,
+                           load_weights=load_weights_strict)
+    monkeypatch.setattr(families, "FAMILIES", families.FAMILIES + (dummy,))
+    info = detect_family({"model.dummy.weight": torch.zeros(3, 1)})
+    assert (info.name, info.config, info.prefix) == ("dummy", {"n": 3}, "model.")
+    with pytest.raises(CheckpointError, match=r"dummy: dummy\.weight"):
+        detect_family({"other": torch.zeros(1)})

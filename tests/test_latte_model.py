@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from framebridge_core.errors import ConfigError, ShapeError
 from latte_fixture import LAT, TOL, fixture_weights, tiny_config
-from framebridge_core.models.latte import (
+from framebridge_core.families.latte.network import (
     LatteConfig,
     LatteModel,
     LatteNeuralPrior,

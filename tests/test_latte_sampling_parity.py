@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from framebridge_core.bridge import BridgeSchedule
 from latte_fixture import LAT, META, TOL, fixture_weights, tiny_config
-from framebridge_core.models.latte import LatteModel, LatteNeuralPrior
+from framebridge_core.families.latte.network import LatteModel, LatteNeuralPrior
 from framebridge_core.sampling import sample_bridge
 
 def _load(module, name):

@@ -15,12 +15,12 @@ import torch.nn as nn
 from safetensors import safe_open
 
 from framebridge_core.errors import ConfigError, ShapeError
-from framebridge_core.models.modelscope_unet3d import (
-    ModelScopeFrames,
+from framebridge_core.families.layers import timestep_embedding
+from framebridge_core.families.modelscope.frames import ModelScopeFrames
+from framebridge_core.families.modelscope.unet3d import (
     ModelScopeUNet3D,
     ModelScopeUNet3DConfig,
     expected_state_dict_shapes,
-    timestep_features,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bivdiff"
@@ -97,7 +97,7 @@ def test_forward_matches_installed_diffusers_live():
 
 
 def test_timestep_features_are_cos_then_sin():
-    e = timestep_features(torch.tensor([0.0, 10.0]), 8)
+    e = timestep_embedding(torch.tensor([0.0, 10.0]), 8)
     assert torch.equal(e[0], torch.tensor([1.0] * 4 + [0.0] * 4))
     freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 4)
     assert torch.allclose(e[1], torch.cat([torch.cos(10 * freqs), torch.sin(10 * freqs)]))

@@ -231,7 +231,7 @@ def test_label_table_starts_at_the_requested_scale():
 def test_frames_adapter_gives_comfyui_the_eps_psi_of_a_converted_network(output):
     """The ComfyUI adapter (frames as batch) and the core sampler agree on a precond / x0 network."""
     from framebridge_core import preconditioning as pc
-    from framebridge_core.frames_adapter import LatteBridgeFrames
+    from framebridge_core.families.latte.frames import LatteBridgeFrames
 
     cfg = network_config("bridge", "smoke", 9, output=output)
     g = torch.Generator().manual_seed(4)

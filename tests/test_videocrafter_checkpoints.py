@@ -10,22 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from framebridge_core.checkpoints import detect_family, load_model
+from framebridge_core.families import detect_family, load_model
 from framebridge_core.errors import CheckpointError, ConfigError, ShapeError
-from framebridge_core.models.lvdm_unet3d import UNet3DConfig
-from framebridge_core.models.resampler import ResamplerConfig
-from framebridge_core.videocrafter import (
-    VIDEOCRAFTER,
+from framebridge_core.families.videocrafter.bridge import (
     VideoCrafterBridge,
     VideoCrafterConfig,
     check_frames_and_size,
     check_schedule_buffers,
-    expected_shapes,
     official_config,
     saf_timesteps,
-    seeded_random_weights,
-    split_checkpoint,
 )
+from framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, expected_shapes, split_checkpoint
+from framebridge_core.families.videocrafter.resampler import ResamplerConfig
+from framebridge_core.families.videocrafter.unet3d import UNet3DConfig
+from framebridge_core.testing import seeded_random_weights
 
 FIX = Path(__file__).parent / "fixtures" / "videocrafter"
 FULL = json.loads((FIX / "keys_full.json").read_text())

@@ -16,15 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from framebridge_core.bridge import BridgeSchedule
-from framebridge_core.models.lvdm_unet3d import UNet3DConfig
-from framebridge_core.models.resampler import ResamplerConfig
+from framebridge_core.families.videocrafter.bridge import VideoCrafterBridge, VideoCrafterConfig, saf_timesteps
+from framebridge_core.families.videocrafter.resampler import ResamplerConfig
+from framebridge_core.families.videocrafter.unet3d import UNet3DConfig
 from framebridge_core.sampling import bridge_step, sample_bridge
-from framebridge_core.videocrafter import (
-    VideoCrafterBridge,
-    VideoCrafterConfig,
-    saf_timesteps,
-    seeded_random_weights,
-)
+from framebridge_core.testing import seeded_random_weights
 
 FIX = Path(__file__).parent / "fixtures" / "videocrafter"
 META = json.loads((FIX / "meta.json").read_text())

@@ -280,7 +280,7 @@ def write_stand_in_files(base: Path) -> None:
     from safetensors.torch import save_file
 
     import comfy.taesd.taesd as taesd
-    from framebridge_core.models.latte import LatteConfig, LatteModel, LatteNeuralPrior
+    from framebridge_core.families.latte.network import LatteConfig, LatteModel, LatteNeuralPrior
 
     g = torch.Generator().manual_seed(1234)
     fixed = lambda name: name.endswith(("pos_embed", "temp_embed"))  # the fixed sin-cos tables

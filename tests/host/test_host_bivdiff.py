@@ -101,7 +101,7 @@ def biv(host):
 
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from framebridge_core.models.modelscope_unet3d import ModelScopeUNet3D, ModelScopeUNet3DConfig
+    from framebridge_core.families.modelscope.unet3d import ModelScopeUNet3D, ModelScopeUNet3DConfig
 
     base = host.base
     unet_cfg = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[1],
@@ -269,9 +269,9 @@ def test_comfyui_path_equals_the_core_pipeline(host, biv, ladder):
     """Video branch only (α=0): Mixed Inversion node + core KSamplerAdvanced (ddim, ddim_uniform) equal
     framebridge_core's DDIM inversion + DDIM sampling with the same UNet, conditioning and latent."""
     torch = pytest.importorskip("torch")
-    from framebridge_core.inversion import (cfg_eps, ddim_invert, ddim_sample, frames_to_video, from_comfy_latent,
+    from framebridge_core.bivdiff.inversion import (cfg_eps, ddim_invert, ddim_sample, frames_to_video, from_comfy_latent,
                                             inversion_ladder, sd_alphas_cumprod, to_comfy_latent, video_to_frames)
-    from framebridge_core.models.modelscope_unet3d import ModelScopeUNet3D
+    from framebridge_core.families.modelscope.unet3d import ModelScopeUNet3D
 
     prompt = prepare(host, alpha=0.0, ladder=ladder)
     run = run_ok(host, prompt)

@@ -39,9 +39,10 @@ def _open_clip_tower(prefix, width, layers, g, torch, extra):
 def write_stand_in(path):
     import torch
 
-    from framebridge_core.models.lvdm_unet3d import UNet3DConfig
-    from framebridge_core.models.resampler import ResamplerConfig
-    from framebridge_core.videocrafter import VideoCrafterBridge, VideoCrafterConfig, saf_timesteps, seeded_random_weights
+    from framebridge_core.families.videocrafter.bridge import VideoCrafterBridge, VideoCrafterConfig, saf_timesteps
+    from framebridge_core.families.videocrafter.resampler import ResamplerConfig
+    from framebridge_core.families.videocrafter.unet3d import UNet3DConfig
+    from framebridge_core.testing import seeded_random_weights
 
     import comfy.taesd.taesd as taesd
 
@@ -137,7 +138,7 @@ def test_model_matches_the_core_network_inside_comfyui(host, parts, stand_in):
     equals the core network's x̂0 on the [B, C, T, H, W] layout."""
     import torch
 
-    from framebridge_core.frames_adapter import PRIOR_KEY
+    from framebridge_core.families.frames import PRIOR_KEY
 
     model, clip, _, _ = parts
     _, cfg, net = stand_in

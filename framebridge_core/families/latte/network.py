@@ -43,19 +43,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..configs import config_from_dict
-from ..errors import ConfigError, ShapeError
+from ...configs import config_from_dict
+from ...errors import ConfigError, ShapeError
+from ..layers import AttentionFn, default_attention, timestep_embedding
 
 #: meanings of the bridge network output (LatteConfig.output)
 OUTPUTS = ("eps_psi", "precond", "x0")
-
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Head counts of the official Latte presets, keyed by hidden size (``models/latte.py``
 #: ``Latte_{XL,L,B,S}_*``). The head count is not visible in a state dict; checkpoints.py uses
@@ -66,11 +65,6 @@ OFFICIAL_NUM_HEADS: dict[int, int] = {1152: 16, 1024: 16, 768: 12, 384: 6}
 OFFICIAL_DEPTH: dict[int, int] = {1152: 28, 1024: 24, 768: 12, 384: 12}
 
 CONDITION_TYPES = (None, "concat_pre")
-
-
-def default_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Plain softmax attention (scale ``head_dim**-0.5``) on ``[B, heads, N, d]`` tensors."""
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,18 +235,6 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> torch.Tensor:
 def sincos_temp_embed_1d(embed_dim: int, length: int) -> torch.Tensor:
     """``[length, embed_dim]`` float64 table for frame positions ``0..length-1``."""
     return _sincos_1d(embed_dim, torch.arange(length, dtype=torch.float64))
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """GLIDE/DiT sinusoidal features ``cat([cos, sin])`` of ``t`` (``[N] -> [N, dim]``, float32)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period)
-                      * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -677,6 +659,6 @@ def build_latte(config: LatteConfig, **kwargs: Any) -> nn.Module:
 
 __all__ = [
     "AttentionFn", "LatteConfig", "LatteModel", "LatteNeuralPrior", "OFFICIAL_NUM_HEADS",
-    "OFFICIAL_DEPTH", "build_latte", "default_attention", "latte_s2_bridge",
-    "latte_s2_neural_prior", "sincos_pos_embed_2d", "sincos_temp_embed_1d", "timestep_embedding",
+    "OFFICIAL_DEPTH", "build_latte", "latte_s2_bridge",
+    "latte_s2_neural_prior", "sincos_pos_embed_2d", "sincos_temp_embed_1d",
 ]

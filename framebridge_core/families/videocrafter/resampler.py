@@ -17,19 +17,13 @@ scales q and k by ``d^-1/4`` each before the product, which is plain ``d^-1/2`` 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..errors import ConfigError
-
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v)
+from ...errors import ConfigError
+from ..layers import AttentionFn, default_attention
 
 
 @dataclass(frozen=True)
@@ -93,7 +87,7 @@ class Resampler(nn.Module):
                  attention: Optional[AttentionFn] = None):
         super().__init__()
         ops = operations if operations is not None else nn
-        attention = attention or _sdpa
+        attention = attention or default_attention
         cfg = config
         self.config = cfg
         # filled from the checkpoint; the official init is randn / sqrt(dim)

@@ -31,8 +31,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .alignment import scaled_linear_alphas_cumprod
-from .errors import ConfigError, ShapeError
+from ..alignment import scaled_linear_alphas_cumprod
+from ..errors import ConfigError, ShapeError
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 

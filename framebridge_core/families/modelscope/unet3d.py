@@ -34,29 +34,22 @@ ComfyUI hooks (the core never imports ``comfy``): ``operations=`` provides ``Lin
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..configs import config_from_dict
-from ..errors import ConfigError, ShapeError
-
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from ...configs import config_from_dict
+from ...errors import ConfigError, ShapeError
+from ..layers import AttentionFn, default_attention, timestep_embedding
 
 #: diffusers block names of the (only) layout ModelScope / ZeroScope checkpoints use.
 CROSS_DOWN, PLAIN_DOWN, CROSS_UP, PLAIN_UP = ("CrossAttnDownBlock3D", "DownBlock3D", "CrossAttnUpBlock3D",
                                               "UpBlock3D")
 #: heads of ``transformer_in`` (hard-coded in diffusers' UNet3DConditionModel).
 TRANSFORMER_IN_HEADS = 8
-
-
-def default_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention with scale ``d**-0.5`` on ``[B, heads, N, d]`` (diffusers AttnProcessor2_0)."""
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 @dataclass(frozen=True)
@@ -171,17 +164,6 @@ class _Layers:
 
     def layer_norm(self, dim, eps=1e-5):
         return self.ops.LayerNorm(dim, eps=eps, elementwise_affine=True, **self.kw)
-
-
-def timestep_features(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal timestep features, ``[cos | sin]`` (diffusers ``Timesteps(dim, True, 0)``), float32."""
-    half = dim // 2
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
-    args = timesteps[:, None].float() * torch.exp(exponent)[None, :]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
 
 
 class Attention(nn.Module):
@@ -471,7 +453,7 @@ class ModelScopeUNet3D(nn.Module):
         t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
 
         dtype = self.dtype
-        temb = self.time_embedding(timestep_features(t, cfg.block_out_channels[0]).to(dtype))
+        temb = self.time_embedding(timestep_embedding(t, cfg.block_out_channels[0]).to(dtype))
         temb = temb.repeat_interleave(f, dim=0)
         ctx = context.to(dtype).repeat_interleave(f, dim=0)
 
@@ -495,48 +477,10 @@ class ModelScopeUNet3D(nn.Module):
         return s.reshape(b, f, cfg.out_channels, h, w).permute(0, 2, 1, 3, 4)
 
 
-class ModelScopeFrames(nn.Module):
-    """The UNet on frames-as-batch tensors, for hosts that keep SD-VAE videos as ``[B*F, C, H, W]``.
-
-    ``forward(x[B*F,C,H,W], timesteps[B*F], context[B*F,L,D], num_video_frames=F)``: rows
-    ``b*F .. b*F+F-1`` are the frames of video ``b``; each video takes the timestep and context of
-    its first row. When a host concatenates conditional and unconditional copies along the batch,
-    every copy is a whole video, so the copies are denoised independently (no mixing across them).
-    """
-
-    def __init__(self, config=None, *, operations=None, device=None, dtype=None, attention=None, **fields):
-        super().__init__()
-        self.net = ModelScopeUNet3D(config, operations=operations, device=device, dtype=dtype, attention=attention,
-                                    **fields)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.net.dtype
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: Optional[torch.Tensor] = None,
-                num_video_frames: Optional[int] = None, **kwargs) -> torch.Tensor:
-        if x.ndim != 4:
-            raise ShapeError(f"frames-as-batch input must be [frames, C, h, w]; got shape {tuple(x.shape)}.")
-        f = int(num_video_frames or x.shape[0])
-        if f < 1 or x.shape[0] % f:
-            raise ShapeError(f"a batch of {x.shape[0]} frames is not a whole number of {f}-frame videos.")
-        if context is None:
-            raise ShapeError("the video model needs text conditioning (positive/negative from its own text encoder).")
-        b = x.shape[0] // f
-        video = x.reshape(b, f, *x.shape[1:]).permute(0, 2, 1, 3, 4)
-        t = torch.as_tensor(timesteps, device=x.device).reshape(-1)
-        t = t.expand(x.shape[0]) if t.numel() == 1 else t
-        ctx = context if context.shape[0] == b else context[::f] if context.shape[0] == x.shape[0] else None
-        if ctx is None:
-            raise ShapeError(f"text context batch {context.shape[0]} fits neither {b} videos nor {x.shape[0]} frames.")
-        out = self.net(video, t[::f], ctx)
-        return out.permute(0, 2, 1, 3, 4).reshape(x.shape[0], *out.shape[1:2], *x.shape[2:])
-
-
 def expected_state_dict_shapes(config: ModelScopeUNet3DConfig) -> dict[str, list[int]]:
     """Every parameter name and shape of a UNet with ``config`` (built on the meta device)."""
     return {k: list(v.shape) for k, v in ModelScopeUNet3D(config, device="meta").state_dict().items()}
 
 
-__all__ = ["ModelScopeFrames", "ModelScopeUNet3D", "ModelScopeUNet3DConfig", "default_attention",
-           "expected_state_dict_shapes", "timestep_features"]
+__all__ = ["ModelScopeUNet3D", "ModelScopeUNet3DConfig",
+           "expected_state_dict_shapes"]

@@ -1,14 +1,8 @@
-"""Frames-as-batch adapters: run a video network on the ``[B·T, C, H, W]`` layout hosts use.
+"""FrameBridge-Latte on the frames-as-batch layout hosts use (:mod:`..frames`).
 
-ComfyUI's SD-VAE families (SD1.5, SVD) keep a video as a batch of frames so the stock VAE
-Decode, ControlNet and upscalers work on it. The FrameBridge-Latte network wants
-``[B, T, C, H, W]`` plus a prepended condition frame. These adapters fold and unfold the layout,
-assemble the network input and return the raw ``eps_psi`` prediction per frame row, so the host
-applies ``x̂0 = x_t − σ_i·F`` with its full-precision state.
-
-Row ``b·T + f`` of a frames-as-batch tensor is frame ``f`` of video ``b``. When the host
-concatenates conditional and unconditional copies along the batch, each copy is a whole number
-of videos, so folding by ``T`` stays correct.
+The network wants ``[B, T, C, H, W]`` plus a prepended condition frame; these adapters assemble
+that input and return the raw ``eps_psi`` prediction per frame row, so the host applies
+``x̂0 = x_t − σ_i·F`` with its full-precision state.
 """
 
 from __future__ import annotations
@@ -18,42 +12,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from . import preconditioning
-from .bridge import BridgeSchedule
-from .errors import ConfigError, ShapeError
-from .models.latte import LatteConfig, LatteModel, LatteNeuralPrior
-
-PRIOR_KEY = "framebridge_prior"  # transformer_options key carrying the bridge prior y
-
-
-def fold_frames(x: torch.Tensor, num_frames: int, what: str = "latent") -> torch.Tensor:
-    """``[B·T, C, H, W] -> [B, T, C, H, W]`` with a clear error when the batch is not whole videos."""
-    if x.ndim != 4:
-        raise ShapeError(f"{what} must be frames-as-batch [B·T, C, H, W], got shape {tuple(x.shape)}.")
-    if x.shape[0] % num_frames != 0:
-        raise ShapeError(
-            f"{what} has {x.shape[0]} frames, which is not a whole number of {num_frames}-frame videos; "
-            f"this model makes {num_frames}-frame videos, so build the prior with length={num_frames}."
-        )
-    return x.reshape(x.shape[0] // num_frames, num_frames, *x.shape[1:])
-
-
-def unfold_frames(x: torch.Tensor) -> torch.Tensor:
-    """``[B, T, C, H, W] -> [B·T, C, H, W]``."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def _first_of_each_video(v: torch.Tensor, num_frames: int) -> torch.Tensor:
-    return v.reshape(v.shape[0] // num_frames, num_frames, *v.shape[1:])[:, 0]
-
-
-def _repeat_rows(v: torch.Tensor, rows: int, what: str) -> torch.Tensor:
-    if v.shape[0] == rows:
-        return v
-    if rows % v.shape[0] != 0:
-        raise ShapeError(f"{what} has {v.shape[0]} rows; cannot broadcast to a batch of {rows}.")
-    return v.repeat(rows // v.shape[0], *([1] * (v.ndim - 1)))
-
+from ... import preconditioning
+from ...bridge import BridgeSchedule
+from ...errors import ConfigError
+from ..frames import PRIOR_KEY, first_of_each_video, fold_frames, repeat_rows, unfold_frames, video_rows
+from .network import LatteConfig, LatteModel, LatteNeuralPrior
 
 def _as_config(config, fields: dict) -> LatteConfig:
     """A LatteConfig from an object, a dict, or keyword fields (hosts pass the config as kwargs)."""
@@ -111,10 +74,10 @@ class LatteBridgeFrames(nn.Module):
                 "the conditioning has no FrameBridge image latent: route positive and negative through "
                 "'Bridge Prior from Image' before the sampler."
             )
-        cond = _first_of_each_video(_repeat_rows(fb_cond_frame, x.shape[0], "the image latent"), T)
+        cond = video_rows(fb_cond_frame, x.shape[0], T, "the image latent")
         labels = None
         if fb_class is not None:
-            labels = _first_of_each_video(_repeat_rows(fb_class.reshape(-1), x.shape[0], "the class label"), T)
+            labels = video_rows(fb_class.reshape(-1), x.shape[0], T, "the class label")
             bad = labels[(labels < 0) | (labels >= cfg.num_embeddings)]
             if bad.numel():
                 null = f", or {cfg.null_class} for unconditional" if cfg.null_class is not None else ""
@@ -123,7 +86,7 @@ class LatteBridgeFrames(nn.Module):
                     f"classes (0..{cfg.num_classes - 1}{null}). Pick a class this model was trained on in "
                     f"the class conditioning node (e.g. 'FrameBridge UCF-101 Class' for UCF-101 models)."
                 )
-        tt = _first_of_each_video(t.reshape(-1), T)
+        tt = first_of_each_video(t.reshape(-1), T)
         if fb_neural_prior is not None and bool(fb_neural_prior) != cfg.prior_concat:
             if cfg.prior_concat:
                 raise ConfigError(
@@ -142,7 +105,7 @@ class LatteBridgeFrames(nn.Module):
                     "this FrameBridge model takes the neural prior as extra input channels, but the "
                     "sampler gave no prior; sample it with 'Bridge Sampler' or the Bridge SAMPLER."
                 )
-            coarse = fold_frames(_repeat_rows(prior, x.shape[0], "the prior").to(xv.dtype), T, "the prior")
+            coarse = fold_frames(repeat_rows(prior, x.shape[0], "the prior").to(xv.dtype), T, "the prior")
         x_in = self.net.build_bridge_input(xv, cond.to(xv.dtype), coarse)
         out = self.net(x_in, tt, labels, drop_condition_frame=True)[:, :, : cfg.latent_channels]
         if cfg.output in preconditioning.CONVERTED_OUTPUTS:  # convert to the eps_psi the sampler expects
@@ -171,4 +134,4 @@ class LatteNeuralPriorFrames(nn.Module):
         return unfold_frames(self.net(first, labels))
 
 
-__all__ = ["PRIOR_KEY", "fold_frames", "unfold_frames", "LatteBridgeFrames", "LatteNeuralPriorFrames"]
+__all__ = ["LatteBridgeFrames", "LatteNeuralPriorFrames"]

@@ -30,21 +30,15 @@ and ``attention(q, k, v)`` on ``[B, heads, N, d]`` is injectable (default
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..configs import config_from_dict
-from ..errors import ConfigError, ShapeError
-from .latte import timestep_embedding
-
-AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def default_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v)
+from ...configs import config_from_dict
+from ...errors import ConfigError, ShapeError
+from ..layers import AttentionFn, default_attention, timestep_embedding
 
 
 @dataclass(frozen=True)
@@ -498,4 +492,4 @@ class UNet3D(nn.Module):
         return out.reshape(b, t, -1, h, w).transpose(1, 2).to(x.dtype)
 
 
-__all__ = ["UNet3D", "UNet3DConfig", "default_attention"]
+__all__ = ["UNet3D", "UNet3DConfig"]

@@ -1,1 +1,0 @@
-"""Backbone networks, one module per family."""
