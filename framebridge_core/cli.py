@@ -17,8 +17,9 @@ from .errors import FrameBridgeError
 
 
 def _add_train(sub) -> None:
-    from .training import PRESETS, TrainConfig
-    from .variants import KINDS
+    from .tiny.format import PRESETS
+    from .training.loop import TrainConfig
+    from .tiny.variants import KINDS
 
     p = sub.add_parser("train", help="train a bridge, diffusion, neural-prior or SAF model")
     p.add_argument("--kind", choices=KINDS, default="bridge", help="model variant (default: bridge)")
@@ -37,7 +38,7 @@ def _add_train(sub) -> None:
 
 
 def _train(args) -> int:
-    from .training import config_from_args, train
+    from .training.loop import config_from_args, train
 
     values = vars(args).copy()
     values["out"] = args.out or f"runs/{args.kind}"
@@ -71,7 +72,7 @@ def _add_generate(sub) -> None:
 def _generate(args) -> int:
     import torch
 
-    from .tiny import DEFAULT_IMAGE, TinyAnimator
+    from .tiny.animator import DEFAULT_IMAGE, TinyAnimator
     from .video_io import contact_sheet, load_image, write_animation
 
     if args.threads:
@@ -99,10 +100,10 @@ def _add_bench(sub) -> None:
 
 def _bench(args) -> int:
     if args.what == "motion":
-        from .bench_motion import main as motion_main
+        from .evaluation.motion import main as motion_main
 
         return motion_main(args.rest)
-    from .bench_quality import main as bench_main
+    from .evaluation.quality import main as bench_main
 
     return bench_main(args.rest)
 

@@ -111,6 +111,11 @@ UCF101_CLASSES: tuple[str, ...] = (
 UCF101_NULL_CLASS = 101
 
 #: Classes of the bundled tiny camera-motion models, in label order (part of the model format;
-#: :mod:`framebridge_core.data.camera_motion` renders them).
+#: :mod:`framebridge_core.training.data.camera_motion` renders them).
 CAMERA_MOTIONS = ("static", "pan-left", "pan-right", "pan-up", "pan-down", "zoom-in", "zoom-out",
                   "rotate-cw", "rotate-ccw")
+
+
+def motion_key(name: str) -> str:
+    """Canonical spelling of a motion name: lower case, ``-`` for ``_`` and spaces."""
+    return "-".join(name.strip().lower().replace("_", "-").split())

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from framebridge_core.data import (
+from framebridge_core.training.data import (
     DEFAULT_IMAGE_SOURCE,
     MOTION_DESCRIPTIONS,
     MOTIONS,
@@ -302,7 +302,7 @@ def test_default_asset_is_a_256px_png_from_the_test_split():
 
 def test_import_needs_no_optional_package():
     code = (
-        "import sys, framebridge_core.data as d\n"
+        "import sys, framebridge_core.training.data as d\n"
         "d.CameraMotionDataset('train', size=16, frames=2, include=('textures',), num_textures=8).sample_batch(1)\n"
         "bad = [m for m in ('skimage', 'sklearn', 'PIL', 'torchvision', 'comfy', "
         "'comfyui_workflow_templates_media_image') if m in sys.modules]\n"

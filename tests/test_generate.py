@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from framebridge_core.bench_motion import OPPOSITE
-from framebridge_core.data.camera_motion import render_clip
+from framebridge_core.evaluation.motion import OPPOSITE
+from framebridge_core.training.data.camera_motion import render_clip
 from framebridge_core.errors import ConfigError
-from framebridge_core.tiny import DEFAULT_IMAGE, PRETRAINED_DIR, TinyAnimator
+from framebridge_core.tiny.animator import DEFAULT_IMAGE, PRETRAINED_DIR, TinyAnimator
 from framebridge_core.video_io import load_image, pil_to_uint8, read_animation
 
 ROOT = Path(__file__).resolve().parents[1]

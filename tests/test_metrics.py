@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from framebridge_core.errors import ShapeError
-from framebridge_core.metrics import (
+from framebridge_core.evaluation.metrics import (
     FEATURE_DIM,
     MotionClassifier,
     frechet_distance,
@@ -135,7 +135,7 @@ def test_classifier_shapes_params_and_roundtrip(tmp_path):
 
 
 def test_classifier_training_is_deterministic():
-    from framebridge_core.data import CameraMotionDataset
+    from framebridge_core.training.data import CameraMotionDataset
 
     ds = CameraMotionDataset("train", size=16, frames=4, include=("textures",))
     a = train_motion_classifier(ds, steps=2, batch=4, generator=_gen(3))
@@ -148,8 +148,8 @@ def test_classifier_training_is_deterministic():
 
 
 def test_bench_quality_end_to_end(tmp_path, capsys):
-    from framebridge_core.bench_quality import main
-    from framebridge_core.training import TrainConfig, train
+    from framebridge_core.evaluation.quality import main
+    from framebridge_core.training.loop import TrainConfig, train
 
     runs = tmp_path / "runs"
     common = dict(preset="smoke", steps=2, batch=2, warmup=1, sources=("textures",), ckpt_every=1000, log_every=1000)

@@ -8,20 +8,14 @@ import json
 import pytest
 import torch
 
-from framebridge_core.data.camera_motion import MOTIONS, CameraMotionDataset
+from framebridge_core.training.data.camera_motion import MOTIONS, CameraMotionDataset
 from framebridge_core.diffusion import DiffusionSchedule, sample_ddim
 from framebridge_core.errors import ConfigError
 from framebridge_core.labels import CAMERA_MOTIONS
-from framebridge_core.training import (
-    PRESETS,
-    TrainConfig,
-    build_network,
-    load_trained,
-    network_config,
-    train,
-    widen_input,
-)
-from framebridge_core.variants import KINDS, Schedules, generate, training_loss
+from framebridge_core.tiny.format import PRESETS, load_trained, network_config
+from framebridge_core.tiny.variants import KINDS, Schedules, generate
+from framebridge_core.training.loop import TrainConfig, build_network, train, widen_input
+from framebridge_core.training.losses import training_loss
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +150,7 @@ def test_diffusion_trailing_grid_matches_the_diffusers_formula():
 
 def test_saf_network_input_is_the_aligned_state_at_the_aligned_timestep():
     from framebridge_core.alignment import aligned_input
-    from framebridge_core.variants import _net_input, _net_timestep
+    from framebridge_core.tiny.variants import net_input as _net_input, net_timestep as _net_timestep
 
     sched = Schedules.default()
     i = torch.tensor([10, 500, 990])
@@ -175,7 +169,7 @@ def test_saf_network_input_is_the_aligned_state_at_the_aligned_timestep():
 
 
 def test_eps_psi_loss_weighting_is_x0_mse_above_sigma_1_and_official_below():
-    from framebridge_core.variants import eps_psi_weight
+    from framebridge_core.training.losses import eps_psi_weight
 
     sched = Schedules.default()
     sigma = sched.bridge.sigma[[10, 199, 500, 999]].float()

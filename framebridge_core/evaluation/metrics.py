@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError
 
 __all__ = [
     "DATA_RANGE",
@@ -264,7 +264,7 @@ def train_motion_classifier(dataset, steps: int = 1500, batch: int = 32,
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     names = getattr(dataset, "motions", None)
     if names is None:
-        from .data.camera_motion import MOTIONS as names
+        from ..labels import CAMERA_MOTIONS as names
     with torch.random.fork_rng(devices=[]):  # seeded layer initialisation, global state untouched
         torch.manual_seed(init_seed)
         model = MotionClassifier(len(names))

@@ -42,7 +42,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: Variants in the order they are evaluated and listed.
 VARIANTS = ("bridge", "diffusion", "bridge-np", "neural-prior", "saf", "plain-finetune", "bridge-x0",
@@ -124,7 +124,7 @@ def _train_command(path: Path) -> Optional[str]:
     """The training command of a run, rebuilt from its ``state.pt`` (None when unreadable)."""
     from dataclasses import asdict
 
-    from .training import STATE_FILE, TrainConfig
+    from ..training.loop import STATE_FILE, TrainConfig
 
     state = path.parent / STATE_FILE
     if not state.is_file():
@@ -147,7 +147,7 @@ def _train_command(path: Path) -> Optional[str]:
 
 
 def _load_models(runs: Path) -> tuple[dict, dict[str, str]]:
-    from .training import EXPORT_FILE, META_PREFIX, load_trained
+    from ..tiny.format import EXPORT_FILE, META_PREFIX, load_trained
 
     models, missing = {}, {}
     for kind in VARIANTS:
@@ -168,7 +168,7 @@ def _load_models(runs: Path) -> tuple[dict, dict[str, str]]:
 
 
 def _preset_name(config) -> str:
-    from .training import PRESETS
+    from ..tiny.format import PRESETS
 
     for name, p in PRESETS.items():
         if (p["size"], p["frames"], p["patch"], p["hidden"], p["depth"], p["heads"]) == (
@@ -179,7 +179,7 @@ def _preset_name(config) -> str:
 
 
 def _geometry(models: dict, preset: Optional[str]) -> tuple[int, int, str]:
-    from .training import PRESETS
+    from ..tiny.format import PRESETS
 
     if not models:
         name = preset or "bench"
@@ -197,7 +197,7 @@ def _geometry(models: dict, preset: Optional[str]) -> tuple[int, int, str]:
 
 
 def _sources(models: dict, text: Optional[str]) -> tuple[str, ...]:
-    from .data.sources import SOURCE_KINDS
+    from ..training.data.sources import SOURCE_KINDS
 
     if text:
         return tuple(s.strip() for s in text.split(",") if s.strip())
@@ -216,7 +216,7 @@ def _sources(models: dict, text: Optional[str]) -> tuple[str, ...]:
 
 
 def _classifier(path: Path, args, size: int, frames: int, sources: tuple[str, ...], heldout) -> tuple:
-    from .data.camera_motion import CameraMotionDataset
+    from ..training.data.camera_motion import CameraMotionDataset
     from .metrics import classifier_accuracy, load_classifier, save_classifier, train_motion_classifier
 
     want = {"size": str(size), "frames": str(frames), "sources": "+".join(sources), "format": CLASSIFIER_FORMAT}
@@ -267,7 +267,7 @@ def _score(video: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, clf, 
 
 def _generate_all(kind: str, models: dict, first: torch.Tensor, labels: torch.Tensor, nfe: int,
                   args, sched) -> tuple[torch.Tensor, float, bool]:
-    from .variants import generate
+    from ..tiny.variants import generate
 
     net = models[kind]["net"]
     prior_net = models["neural-prior"]["net"] if kind == "bridge-np" else None
@@ -392,7 +392,7 @@ def _cpu_name() -> str:
 def _write_report(path: Path, *, argv: Sequence[str], args, rows, nfes, floor, models, missing, preset, size,
                   frames, sources, test_set, clf_meta, clf_params, clf_cached, heldout_acc, per_class, notes,
                   seconds) -> None:
-    from .data.camera_motion import MOTIONS
+    from ..training.data.camera_motion import MOTIONS
 
     ratio = _ratio(rows)
     ratio_text = "n/a" if ratio is None else f"{ratio:.3g}"
@@ -450,9 +450,9 @@ def _write_report(path: Path, *, argv: Sequence[str], args, rows, nfes, floor, m
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .data.camera_motion import MOTIONS, CameraMotionDataset
+    from ..training.data.camera_motion import MOTIONS, CameraMotionDataset
     from .metrics import classifier_accuracy, extract_features
-    from .variants import Schedules
+    from ..tiny.variants import Schedules
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

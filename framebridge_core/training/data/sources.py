@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 __all__ = [
     "SOURCE_KINDS",
@@ -45,11 +45,7 @@ __all__ = [
     "split_of",
     "list_sources",
     "load_source",
-    "load_sources",
     "make_texture",
-    "source_counts",
-    "skipped_sources",
-    "clear_cache",
 ]
 
 #: Kinds of source, in the order they are listed.
@@ -511,32 +507,3 @@ def load_source(name: str) -> torch.Tensor:
             )
         _cache[name] = img
         return img
-
-
-def load_sources(names: Iterable[str]) -> list[torch.Tensor]:
-    """:func:`load_source` for each name."""
-    return [load_source(n) for n in names]
-
-
-def source_counts(*, num_textures: int = DEFAULT_NUM_TEXTURES) -> dict[str, dict[str, int]]:
-    """``{kind: {"train": n, "test": n}}`` for the sources found in this environment."""
-    out = {}
-    for kind in SOURCE_KINDS:
-        names = list_sources("all", include=(kind,), num_textures=num_textures)
-        out[kind] = {s: sum(split_of(n) == s for n in names) for s in ("train", "test")}
-    return out
-
-
-def skipped_sources() -> dict[str, str]:
-    """Real images that were found but skipped, with the reason."""
-    with _lock:
-        return dict(_skipped)
-
-
-def clear_cache() -> None:
-    """Forget every loaded image and every scan (the next use reloads)."""
-    with _lock:
-        _cache.clear()
-        _catalogs.clear()
-        _kind_names.clear()
-        _skipped.clear()

@@ -75,14 +75,14 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _animators(args):
-    from .tiny import TinyAnimator
+    from ..tiny.animator import TinyAnimator
 
     return {"bridge": TinyAnimator(args.model),
             "bridge-np": TinyAnimator(args.np_model, neural_prior=True, neural_prior_model=args.prior_model)}
 
 
 def _generate(animator, first: torch.Tensor, names: list[str], args, prior_only: bool) -> tuple[torch.Tensor, float]:
-    from .tiny import motion_label
+    from ..tiny.animator import motion_label
 
     t0 = time.time()
     clips = []
@@ -100,10 +100,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from . import bench_quality
-    from .data.camera_motion import MOTIONS, CameraMotionDataset, motion_index
-    from .data.sources import SOURCE_KINDS
-    from .video_io import contact_sheet
+    from . import quality as bench_quality
+    from ..training.data.camera_motion import MOTIONS, CameraMotionDataset, motion_index
+    from ..training.data.sources import SOURCE_KINDS
+    from ..video_io import contact_sheet
 
     t_start = time.time()
     animators = _animators(args)
@@ -144,7 +144,7 @@ def _db(value: float, fmt: str) -> str:
 
 
 def _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, seconds) -> list[str]:
-    from .data.camera_motion import MOTIONS
+    from ..training.data.camera_motion import MOTIONS
 
     motions = list(MOTIONS)
     head = ["| model | motion accuracy | requested vs opposite motion, last frame (dB) | closer to the requested motion | "
@@ -196,9 +196,9 @@ def _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, s
 
 
 def _sheet(args, animator, contact_sheet) -> None:
-    from .data.camera_motion import MOTIONS
-    from .tiny import DEFAULT_IMAGE
-    from .video_io import load_image
+    from ..training.data.camera_motion import MOTIONS
+    from ..tiny.animator import DEFAULT_IMAGE
+    from ..video_io import load_image
 
     frame = load_image(DEFAULT_IMAGE, animator.size)
     clips = [animator.animate(frame, m, steps=args.steps, cfg=args.cfg, seed=args.seed)[[0, 5, 10, 15]]

@@ -38,8 +38,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, ShapeError
-from ..labels import CAMERA_MOTIONS
+from ...errors import ConfigError, ShapeError
+from ...labels import CAMERA_MOTIONS, motion_key
 from .sources import DEFAULT_NUM_TEXTURES, SOURCE_KINDS, list_sources, load_source
 
 __all__ = [
@@ -50,11 +50,9 @@ __all__ = [
     "ZOOM_FACTOR",
     "ROTATION_DEGREES",
     "motion_index",
-    "motion_key",
     "motion_name",
     "camera_path",
     "clip_extent",
-    "max_window",
     "fit_view",
     "default_view",
     "render_clip",
@@ -93,11 +91,6 @@ _PAN_DIRECTIONS = {"pan-left": (-1.0, 0.0), "pan-right": (1.0, 0.0), "pan-up": (
 
 
 # ----------------------------------------------------------------------------- names
-
-
-def motion_key(name: str) -> str:
-    """Canonical spelling of a motion name: lower case, ``-`` for ``_`` and spaces."""
-    return "-".join(name.strip().lower().replace("_", "-").split())
 
 
 def motion_index(name) -> int:
@@ -199,13 +192,6 @@ def _hw(source_hw) -> tuple[int, int]:
         return int(source_hw.shape[-2]), int(source_hw.shape[-1])
     h, w = source_hw
     return int(h), int(w)
-
-
-def max_window(source_hw, motion, frames: int = 16, strength: float = 1.0) -> float:
-    """Largest window (source px) for which a clip of ``motion`` fits inside the source."""
-    h, w = _hw(source_hw)
-    xmin, xmax, ymin, ymax = clip_extent(motion, frames, strength)
-    return min(w / (xmax - xmin), h / (ymax - ymin))
 
 
 def fit_view(source_hw, motion, window: float, center, frames: int = 16, strength: float = 1.0):

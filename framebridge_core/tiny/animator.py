@@ -13,12 +13,12 @@ from typing import Callable, Optional
 
 import torch
 
-from .data.camera_motion import motion_key
-from .errors import ConfigError
-from .training import META_PREFIX, load_trained
+from ..errors import ConfigError
+from ..labels import motion_key
+from .format import META_PREFIX, load_trained
 from .variants import Schedules, generate
 
-PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_ROOT = Path(__file__).resolve().parents[2]
 PRETRAINED_DIR = PACK_ROOT / "pretrained"
 BRIDGE_FILE = "framebridge-tiny-motion.safetensors"
 BRIDGE_NP_FILE = "framebridge-tiny-motion-np.safetensors"
