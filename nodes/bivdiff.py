@@ -30,14 +30,8 @@ from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict,
 from ..framebridge_core.families import detect_family
 from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D
 from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError
-from ..framebridge_core.bivdiff.inversion import (
-    LADDERS,
-    ddim_step,
-    inversion_ladder,
-    mix_latents,
-    sd_alphas_cumprod,
-    sigma_of,
-)
+from ..framebridge_core.bivdiff.inversion import LADDERS, inversion_ladder, mix_latents
+from ..framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
 from ..framebridge_core.families.modelscope.frames import ModelScopeFrames
 from .paths import file_fingerprint
 

@@ -20,7 +20,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models_base
 
-from ..framebridge_core.bridge import BridgeSchedule
+from ..framebridge_core.bridge.schedule import BridgeSchedule
 from ..framebridge_core.checkpoints import load_weights_strict
 from ..framebridge_core.errors import CheckpointError
 from ..framebridge_core.families.latte.frames import LatteBridgeFrames

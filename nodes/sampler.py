@@ -16,10 +16,10 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..framebridge_core.bridge import SPACINGS
+from ..framebridge_core.bridge.schedule import SPACINGS
 from ..framebridge_core.errors import ConfigError, ShapeError
 from ..framebridge_core.families.frames import PRIOR_KEY
-from ..framebridge_core.sampling import METHODS, sample_bridge
+from ..framebridge_core.bridge.sampling import METHODS, sample_bridge
 from .prior import require_bridge_model
 
 CATEGORY = "FrameBridge/sampling"

@@ -37,7 +37,7 @@ import comfy.text_encoders.sd2_clip
 import comfy.utils
 import folder_paths
 
-from ..framebridge_core.bridge import BridgeSchedule
+from ..framebridge_core.bridge.schedule import BridgeSchedule
 from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict
 from ..framebridge_core.families import detect_family
 from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError

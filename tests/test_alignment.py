@@ -3,19 +3,17 @@
 import pytest
 import torch
 
-from framebridge_core.alignment import (
+from framebridge_core.bridge.alignment import (
     aligned_input,
-    cogvideox_alphas_cumprod,
-    diffusion_sqrt_snr,
     output_to_x0,
-    scaled_linear_alphas_cumprod,
     snr_aligned_timesteps,
     sqrt_snr_interp,
     training_target,
     v_to_eps_psi_loss_weight,
     x0_to_output,
 )
-from framebridge_core.bridge import BridgeSchedule
+from framebridge_core.vp import cogvideox_alphas_cumprod, diffusion_sqrt_snr, scaled_linear_alphas_cumprod
+from framebridge_core.bridge.schedule import BridgeSchedule
 from framebridge_core.errors import ConfigError
 
 S = BridgeSchedule()

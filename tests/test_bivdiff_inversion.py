@@ -15,26 +15,26 @@ from safetensors import safe_open
 
 from framebridge_core.errors import ConfigError, ShapeError
 from framebridge_core.bivdiff.inversion import (
-    cfg_eps,
     ddim_invert,
-    ddim_sample,
-    ddim_step,
     ddim_timesteps,
-    frames_to_video,
     from_comfy_latent,
     inversion_ladder,
     mix_latents,
     mixed_inversion,
-    sd_alphas_cumprod,
-    sigma_of,
     to_comfy_latent,
-    ve_euler_step,
-    video_to_frames,
 )
+from framebridge_core.bridge.sampling import cfg_combine
+from framebridge_core.testing import ddim_sample, frames_to_video, video_to_frames
+from framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
 from framebridge_core.families.modelscope.unet3d import ModelScopeUNet3D, ModelScopeUNet3DConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bivdiff"
 AC = sd_alphas_cumprod()
+
+
+def ve_euler_step(x, eps, sigma_from, sigma_to):
+    """The DDIM move in VE form (``x = z / sqrt(ᾱ)``): ``x' = x + (σ_to - σ_from)·ε`` (docs/bivdiff-math.md §2.3)."""
+    return x + (float(sigma_to) - float(sigma_from)) * eps
 
 
 def read_fixture(name):
@@ -111,7 +111,7 @@ def test_mixed_inversion_and_smoothing_match_the_official_pipeline(official):
     def guided(z, step):
         with torch.no_grad():
             u, c = unet(torch.cat([z, z]), step, ctx).chunk(2)
-        return cfg_eps(u, c, scale)
+        return cfg_combine(c, u, scale)
 
     out = ddim_sample(guided, res.latent, steps)
     err = float((out - t["smoothed"]).abs().max())
@@ -230,8 +230,8 @@ def test_cfg_with_identical_branches_is_the_conditional_eps():
     """§8.10."""
     e = torch.randn(2, 4, 3, 2, 2)
     for s in (0.0, 1.0, 7.5, 20.0):
-        assert torch.allclose(cfg_eps(e, e, s), e)
-    assert torch.allclose(cfg_eps(torch.zeros(1), torch.ones(1), 7.5), torch.tensor([7.5]))
+        assert torch.allclose(cfg_combine(e, e, s), e)
+    assert torch.allclose(cfg_combine(torch.ones(1), torch.zeros(1), 7.5), torch.tensor([7.5]))
 
 
 def test_toy_smoothing_frame_differences_fall_as_alpha_grows():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from framebridge_core.bridge import BridgeSchedule
+from framebridge_core.bridge.schedule import BridgeSchedule
 from framebridge_core.errors import ConfigError
 
 S = BridgeSchedule()

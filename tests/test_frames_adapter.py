@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from framebridge_core.bridge import BridgeSchedule
+from framebridge_core.bridge.schedule import BridgeSchedule
 from framebridge_core.errors import ConfigError, ShapeError
 from framebridge_core.families.frames import PRIOR_KEY, fold_frames, unfold_frames
 from framebridge_core.families.latte.frames import LatteBridgeFrames, LatteNeuralPriorFrames
 from framebridge_core.families.latte.network import LatteConfig
-from framebridge_core.sampling import cfg_denoiser, sample_bridge
+from framebridge_core.bridge.sampling import cfg_denoiser, sample_bridge
 
 T = 4
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from framebridge_core.bridge import BridgeSchedule
+from framebridge_core.bridge.schedule import BridgeSchedule
 from latte_fixture import LAT, META, TOL, fixture_weights, tiny_config
 from framebridge_core.families.latte.network import LatteModel, LatteNeuralPrior
-from framebridge_core.sampling import sample_bridge
+from framebridge_core.bridge.sampling import sample_bridge
 
 def _load(module, name):
     module.load_state_dict(fixture_weights(name), strict=True)

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from framebridge_core.alignment import output_to_x0
-from framebridge_core.bridge import BridgeSchedule
+from framebridge_core.bridge.alignment import output_to_x0
+from framebridge_core.bridge.schedule import BridgeSchedule
 from framebridge_core.errors import ConfigError, ShapeError
-from framebridge_core.sampling import bridge_step, cfg_combine, cfg_denoiser, sample_bridge
+from framebridge_core.bridge.sampling import bridge_step, cfg_combine, cfg_denoiser, sample_bridge
 
 S = BridgeSchedule()
 N = 400_000  # Monte-Carlo samples; tolerance about 3/√N on variances of order 1

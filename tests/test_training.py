@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from framebridge_core.training.data.camera_motion import MOTIONS, CameraMotionDataset
-from framebridge_core.diffusion import DiffusionSchedule, sample_ddim
+from framebridge_core.vp import DiffusionSchedule, sample_ddim
 from framebridge_core.errors import ConfigError
 from framebridge_core.labels import CAMERA_MOTIONS
 from framebridge_core.tiny.format import PRESETS, load_trained, network_config
@@ -149,7 +149,7 @@ def test_diffusion_trailing_grid_matches_the_diffusers_formula():
 
 
 def test_saf_network_input_is_the_aligned_state_at_the_aligned_timestep():
-    from framebridge_core.alignment import aligned_input
+    from framebridge_core.bridge.alignment import aligned_input
     from framebridge_core.tiny.variants import net_input as _net_input, net_timestep as _net_timestep
 
     sched = Schedules.default()
@@ -182,7 +182,7 @@ def test_eps_psi_loss_weighting_is_x0_mse_above_sigma_1_and_official_below():
 
 
 def test_precond_output_round_trips_and_converts_to_the_eps_psi_it_stands_for():
-    from framebridge_core import preconditioning as pc
+    from framebridge_core.bridge import preconditioning as pc
 
     g = torch.Generator().manual_seed(3)
     x0, y, x_t = (torch.randn(2, 4, 3, 8, 8, generator=g) for _ in range(3))
@@ -196,7 +196,7 @@ def test_precond_output_round_trips_and_converts_to_the_eps_psi_it_stands_for():
 
 
 def test_x0_output_is_the_change_from_the_prior_and_its_loss_weight_is_capped():
-    from framebridge_core import preconditioning as pc
+    from framebridge_core.bridge import preconditioning as pc
 
     g = torch.Generator().manual_seed(5)
     x0, y, x_t = (torch.randn(2, 4, 3, 8, 8, generator=g) for _ in range(3))
@@ -224,7 +224,7 @@ def test_label_table_starts_at_the_requested_scale():
 @pytest.mark.parametrize("output", ["precond", "x0"])
 def test_frames_adapter_gives_comfyui_the_eps_psi_of_a_converted_network(output):
     """The ComfyUI adapter (frames as batch) and the core sampler agree on a precond / x0 network."""
-    from framebridge_core import preconditioning as pc
+    from framebridge_core.bridge import preconditioning as pc
     from framebridge_core.families.latte.frames import LatteBridgeFrames
 
     cfg = network_config("bridge", "smoke", 9, output=output)

@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from framebridge_core.bridge import BridgeSchedule
+from framebridge_core.bridge.schedule import BridgeSchedule
 from framebridge_core.families.videocrafter.bridge import VideoCrafterBridge, VideoCrafterConfig, saf_timesteps
 from framebridge_core.families.videocrafter.resampler import ResamplerConfig
 from framebridge_core.families.videocrafter.unet3d import UNet3DConfig
-from framebridge_core.sampling import bridge_step, sample_bridge
+from framebridge_core.bridge.sampling import bridge_step, sample_bridge
 from framebridge_core.testing import seeded_random_weights
 
 FIX = Path(__file__).parent / "fixtures" / "videocrafter"

@@ -31,8 +31,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..alignment import scaled_linear_alphas_cumprod
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError
+from ..vp import ddim_step, scaled_linear_alphas_cumprod
 
 EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -42,23 +42,12 @@ VAE_SCALE = 0.18215
 LADDERS = ("matched", "official")
 
 
-def sd_alphas_cumprod() -> torch.Tensor:
-    """ᾱ_t of SD-1.5 / ModelScope / ZeroScope (scaled_linear 0.00085 -> 0.012, 1000 steps), float64."""
-    return scaled_linear_alphas_cumprod(NUM_TRAIN_TIMESTEPS, 0.00085, 0.012)
-
-
 def ddim_timesteps(steps: int, num_train: int = NUM_TRAIN_TIMESTEPS, offset: int = STEPS_OFFSET) -> list[int]:
     """diffusers DDIM ``set_timesteps`` (leading spacing + offset), descending: ``[981, ..., 1]`` for 50."""
     if not 1 <= int(steps) <= num_train:
         raise ConfigError(f"steps={steps} is outside 1..{num_train}; BIVDiff uses 50.")
     ratio = num_train // steps
     return [i * ratio + offset for i in reversed(range(steps))]
-
-
-def sigma_of(alpha_cumprod) -> torch.Tensor:
-    """VE noise level ``σ = sqrt((1-ᾱ)/ᾱ)`` of a VP level ᾱ."""
-    a = torch.as_tensor(alpha_cumprod, dtype=torch.float64)
-    return ((1 - a) / a).sqrt()
 
 
 @dataclass(frozen=True)
@@ -88,7 +77,7 @@ def inversion_ladder(steps: int = 50, mode: str = "matched", alphas_cumprod: Opt
     if mode not in LADDERS:
         raise ConfigError(f"unknown inversion ladder {mode!r}; choose 'matched' (inversion ends where sampling "
                           f"starts) or 'official' (BIVDiff's code: ends at t=998, sampling starts at 981).")
-    ac = sd_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    ac = scaled_linear_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
     n = ac.shape[0]
     up = list(reversed(ddim_timesteps(steps, n)))  # [1, 21, ..., 981]
     ratio = n // steps
@@ -100,23 +89,6 @@ def inversion_ladder(steps: int = 50, mode: str = "matched", alphas_cumprod: Opt
         ts = [0] + up[:-1]
         a_from, a_to = ac[ts], ac[up]
     return Ladder(mode, tuple(int(t) for t in ts), a_from.clone(), a_to.clone(), sampler_start=up[-1])
-
-
-def ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha_from, alpha_to) -> torch.Tensor:
-    """Deterministic DDIM move of ``z`` from level ᾱ_from to ᾱ_to with the predicted ``eps``.
-
-    ``x̂0 = (z - sqrt(1-ᾱ_from) ε) / sqrt(ᾱ_from)``; ``z' = sqrt(ᾱ_to) x̂0 + sqrt(1-ᾱ_to) ε``. Used
-    both up (inversion, official ``reverse_step``) and down (sampling, official ``step`` with η=0).
-    """
-    a0 = float(alpha_from)
-    a1 = float(alpha_to)
-    x0 = (z - math.sqrt(1 - a0) * eps) / math.sqrt(a0)
-    return math.sqrt(a1) * x0 + math.sqrt(1 - a1) * eps
-
-
-def ve_euler_step(x: torch.Tensor, eps: torch.Tensor, sigma_from, sigma_to) -> torch.Tensor:
-    """The same move in VE form (``x = z / sqrt(ᾱ)``): ``x' = x + (σ_to - σ_from)·ε`` (spec §2.3)."""
-    return x + (float(sigma_to) - float(sigma_from)) * eps
 
 
 def ddim_invert(eps_fn: EpsFn, z0: torch.Tensor, ladder: Ladder,
@@ -202,50 +174,7 @@ def mixed_inversion(image_eps: Optional[EpsFn], video_eps: Optional[EpsFn], z0: 
     return MixedInversionResult(latent=z, image_latent=z_img, video_latent=z_vid, model_calls=calls)
 
 
-def cfg_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance as BIVDiff's smoothing loop: ``ε_u + s·(ε_c - ε_u)``."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
-
-
-def ddim_sample(eps_fn: EpsFn, z_T: torch.Tensor, steps: int = 50, alphas_cumprod: Optional[torch.Tensor] = None,
-                callback: Optional[Callable[[int, torch.Tensor], None]] = None,
-                set_alpha_to_one: bool = False) -> torch.Tensor:
-    """DDIM η=0 from ``z_T`` taken as the latent at t = ``ddim_timesteps(steps)[0]`` down to ᾱ_0.
-
-    ``set_alpha_to_one=True`` ends the last step at ᾱ=1 (the clean x̂0) instead of ᾱ_0, which is
-    what ComfyUI's samplers do (their last σ is 0); BIVDiff's SD-1.5 scheduler config has it False.
-    """
-    ac = sd_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    ts = ddim_timesteps(steps, ac.shape[0])
-    ratio = ac.shape[0] // steps
-    z = z_T
-    for k, t in enumerate(ts):
-        prev = t - ratio
-        final = 1.0 if set_alpha_to_one else ac[0]
-        z = ddim_step(z, eps_fn(z, t), ac[t], ac[prev] if prev >= 0 else final)
-        if callback is not None:
-            callback(k, z)
-    return z
-
-
-# ---- layouts and ComfyUI's LATENT convention ------------------------------------------------------
-
-
-def frames_to_video(x: torch.Tensor, num_frames: Optional[int] = None) -> torch.Tensor:
-    """``[B*F, C, h, w]`` (frames as batch) -> ``[B, C, F, h, w]``; frame order kept."""
-    if x.ndim != 4:
-        raise ShapeError(f"expected frames-as-batch [frames, C, h, w], got shape {tuple(x.shape)}.")
-    f = int(num_frames or x.shape[0])
-    if x.shape[0] % f:
-        raise ShapeError(f"{x.shape[0]} frames are not a whole number of {f}-frame videos.")
-    return x.reshape(x.shape[0] // f, f, *x.shape[1:]).permute(0, 2, 1, 3, 4)
-
-
-def video_to_frames(v: torch.Tensor) -> torch.Tensor:
-    """``[B, C, F, h, w]`` -> ``[B*F, C, h, w]``."""
-    if v.ndim != 5:
-        raise ShapeError(f"expected a video latent [B, C, F, h, w], got shape {tuple(v.shape)}.")
-    return v.permute(0, 2, 1, 3, 4).reshape(v.shape[0] * v.shape[2], v.shape[1], *v.shape[3:])
+# ---- ComfyUI's LATENT convention -------------------------------------------------------------------
 
 
 def to_comfy_latent(z: torch.Tensor, alpha_start, scale: float = VAE_SCALE) -> torch.Tensor:
@@ -263,8 +192,6 @@ def from_comfy_latent(latent: torch.Tensor, alpha_start, scale: float = VAE_SCAL
 
 
 __all__ = [
-    "LADDERS", "Ladder", "MixedInversionResult", "NUM_TRAIN_TIMESTEPS", "VAE_SCALE", "cfg_eps", "check_mixing_ratio",
-    "ddim_invert", "ddim_sample", "ddim_step", "ddim_timesteps", "frames_to_video", "from_comfy_latent",
-    "inversion_ladder", "mix_latents", "mixed_inversion", "sd_alphas_cumprod", "sigma_of", "to_comfy_latent",
-    "ve_euler_step", "video_to_frames",
+    "LADDERS", "Ladder", "MixedInversionResult", "NUM_TRAIN_TIMESTEPS", "VAE_SCALE", "check_mixing_ratio", "ddim_invert",
+    "ddim_timesteps", "from_comfy_latent", "inversion_ladder", "mix_latents", "mixed_inversion", "to_comfy_latent",
 ]

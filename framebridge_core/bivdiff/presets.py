@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, ShapeError
+from ..vp import DEFAULT_CFG, DEFAULT_STEPS
 
 #: Official mixing ratios α per image model (``configs/*.yaml`` ``IDM.<name>.mixing_ratio``, spec §2.4).
 MIXING_RATIO_PRESETS: dict[str, float] = {
@@ -18,7 +19,7 @@ MIXING_RATIO_PRESETS: dict[str, float] = {
 }
 
 #: BIVDiff defaults (spec §0.5): 8 frames, every 4th source frame, 50 steps, CFG 7.5.
-DEFAULT_FRAMES, DEFAULT_STRIDE, DEFAULT_STEPS, DEFAULT_CFG = 8, 4, 50, 7.5
+DEFAULT_FRAMES, DEFAULT_STRIDE = 8, 4
 FRAME_POLICIES = ("error", "fewer frames")
 OUTPAINT_DIRECTIONS = ("horizontal", "vertical")
 

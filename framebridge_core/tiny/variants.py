@@ -16,12 +16,12 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import preconditioning
-from ..alignment import aligned_input, output_to_x0, snr_aligned_timesteps
-from ..bridge import BridgeSchedule
-from ..diffusion import DiffusionSchedule, sample_ddim
+from ..bridge import preconditioning
+from ..bridge.alignment import aligned_input, output_to_x0, snr_aligned_timesteps
+from ..bridge.schedule import BridgeSchedule
+from ..vp import DiffusionSchedule, sample_ddim
 from ..errors import ConfigError
-from ..sampling import sample_bridge
+from ..bridge.sampling import sample_bridge
 
 KINDS = ("bridge", "bridge-np", "diffusion", "neural-prior", "saf", "plain-finetune")
 #: variants whose network is a bridge (sampling starts at the prior)

@@ -11,9 +11,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .. import preconditioning
-from ..alignment import training_target
-from ..bridge import gather
+from ..bridge import preconditioning
+from ..bridge.alignment import training_target
+from ..vp import gather
 from ..errors import ConfigError
 from ..tiny.variants import Schedules, check_kind, net_input, net_timestep, static_prior
 

@@ -269,8 +269,15 @@ def test_comfyui_path_equals_the_core_pipeline(host, biv, ladder):
     """Video branch only (α=0): Mixed Inversion node + core KSamplerAdvanced (ddim, ddim_uniform) equal
     framebridge_core's DDIM inversion + DDIM sampling with the same UNet, conditioning and latent."""
     torch = pytest.importorskip("torch")
-    from framebridge_core.bivdiff.inversion import (cfg_eps, ddim_invert, ddim_sample, frames_to_video, from_comfy_latent,
-                                            inversion_ladder, sd_alphas_cumprod, to_comfy_latent, video_to_frames)
+    from framebridge_core.bivdiff.inversion import (
+        ddim_invert,
+        from_comfy_latent,
+        inversion_ladder,
+        to_comfy_latent,
+    )
+    from framebridge_core.bridge.sampling import cfg_combine
+    from framebridge_core.testing import ddim_sample, frames_to_video, video_to_frames
+    from framebridge_core.vp import scaled_linear_alphas_cumprod as sd_alphas_cumprod
     from framebridge_core.families.modelscope.unet3d import ModelScopeUNet3D
 
     prompt = prepare(host, alpha=0.0, ladder=ladder)
@@ -294,7 +301,7 @@ def test_comfyui_path_equals_the_core_pipeline(host, biv, ladder):
     def eps_guided(z, t):
         with torch.no_grad():
             u, c = unet(torch.cat([z, z]), t, torch.cat([c_neg, c_pos])).chunk(2)
-        return cfg_eps(u, c, ks["cfg"])
+        return cfg_combine(c, u, ks["cfg"])
 
     lad = inversion_ladder(STEPS, ladder)
     z_t = ddim_invert(eps_inv, frames_to_video(latent.double() * 0.18215), lad)

@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ... import preconditioning
-from ...bridge import BridgeSchedule
+from ...bridge import preconditioning
+from ...bridge.schedule import BridgeSchedule
 from ...errors import ConfigError
 from ..frames import PRIOR_KEY, first_of_each_video, fold_frames, repeat_rows, unfold_frames, video_rows
 from .network import LatteConfig, LatteModel, LatteNeuralPrior

@@ -15,16 +15,15 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from ...alignment import scaled_linear_alphas_cumprod, snr_aligned_timesteps
-from ...bridge import BridgeSchedule, gather
+from ...bridge.alignment import snr_aligned_timesteps
+from ...bridge.schedule import BridgeSchedule
 from ...errors import CheckpointError, ConfigError, ShapeError
+from ...vp import DEFAULT_CFG, DEFAULT_STEPS, gather, scaled_linear_alphas_cumprod
 from ..frames import repeat_rows
 from .resampler import Resampler, ResamplerConfig
 from .unet3d import UNet3D, UNet3DConfig
 
-#: Official sampling defaults (``run_bridge.sh``, docs/math.md §3.7).
-DEFAULT_CFG = 7.5
-DEFAULT_STEPS = 50
+#: Official sampling defaults (``run_bridge.sh``, docs/math.md §3.7): 50 steps and CFG 7.5 (as SD) on the trailing grid.
 DEFAULT_SPACING = "trailing"
 TEXT_TOKENS = 77
 

@@ -18,7 +18,8 @@ from typing import Union
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..vp import gather
 
 SPACINGS = ("trailing", "uniform", "iddpm")
 
@@ -161,14 +162,6 @@ class BridgeSchedule:
         else:
             raise ConfigError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}.")
         return idx
-
-
-def gather(table: torch.Tensor, i, like: torch.Tensor) -> torch.Tensor:
-    """Table values at index/indices ``i`` (int or [B]), shaped to broadcast over a batch-first ``like``."""
-    if isinstance(i, int):
-        return table[i].to(like.dtype)
-    idx = torch.as_tensor(i).long().reshape(-1).to(table.device)
-    return table[idx].to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def _iddpm_space_timesteps(num_timesteps: int, count: int) -> set[int]:

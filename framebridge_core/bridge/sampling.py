@@ -30,8 +30,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .bridge import BridgeSchedule
-from .errors import ConfigError, ShapeError
+from .schedule import BridgeSchedule
+from ..errors import ConfigError, ShapeError
 
 Denoiser = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 NoiseSource = Union[Sequence[torch.Tensor], Callable[[int, torch.Tensor], torch.Tensor]]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: the outputs this module converts (the official ``eps_psi`` needs no conversion)
 CONVERTED_OUTPUTS = ("precond", "x0")

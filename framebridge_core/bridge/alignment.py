@@ -9,50 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from .bridge import BridgeSchedule, gather
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..vp import diffusion_sqrt_snr, gather
+from .schedule import BridgeSchedule
 
 PARAMETERIZATIONS = ("v_aligned", "eps_psi", "eps_psi_new", "x0")
 ALIGNMENT_MODES = ("official", "exact")
-
-
-# -- diffusion schedules ---------------------------------------------------------------------
-
-
-def scaled_linear_alphas_cumprod(
-    num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
-) -> torch.Tensor:
-    """ᾱ of SD's scaled-linear schedule (LVDM ``make_beta_schedule("linear")``; VideoCrafter-1)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def cogvideox_alphas_cumprod(
-    num_steps: int = 1000,
-    beta_start: float = 0.00085,
-    beta_end: float = 0.012,
-    snr_shift_scale: float = 3.0,
-    zero_terminal_snr: bool = True,
-) -> torch.Tensor:
-    """ᾱ of CogVideoX-2B's scheduler: scaled-linear, SNR shift 3, zero-terminal-SNR rescale.
-
-    Follows diffusers' ``CogVideoXDDIMScheduler`` (spec §2.3): shift ᾱ ← ᾱ/(s + (1−s)ᾱ), then
-    rescale √ᾱ so that ᾱ_{T−1} = 0 exactly while keeping ᾱ_0.
-    """
-    ac = scaled_linear_alphas_cumprod(num_steps, beta_start, beta_end)
-    ac = ac / (snr_shift_scale + (1.0 - snr_shift_scale) * ac)
-    if zero_terminal_snr:
-        s = ac.sqrt()
-        s0, sT = s[0].clone(), s[-1].clone()
-        s = (s - sT) * s0 / (s0 - sT)
-        ac = s**2
-    return ac
-
-
-def diffusion_sqrt_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """√ᾱ/√(1−ᾱ): the diffusion √SNR table d_k (decreasing in k)."""
-    ac = torch.as_tensor(alphas_cumprod)
-    return ac.sqrt() / (1.0 - ac).sqrt()
 
 
 # -- SNR alignment ---------------------------------------------------------------------------
@@ -225,9 +187,6 @@ def sqrt_snr_interp(d: torch.Tensor, t_tilde: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "PARAMETERIZATIONS",
     "ALIGNMENT_MODES",
-    "scaled_linear_alphas_cumprod",
-    "cogvideox_alphas_cumprod",
-    "diffusion_sqrt_snr",
     "snr_aligned_timesteps",
     "aligned_input",
     "output_to_x0",
