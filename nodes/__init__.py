@@ -6,14 +6,14 @@ from __future__ import annotations
 def node_classes() -> list:
     """Every node class of the pack, in menu order."""
     from .bivdiff import NODES as BIVDIFF_NODES
-    from .conditioning import CameraMotion, UCF101Class
-    from .loaders import LoadFrameBridge, LoadNeuralPrior
+    from .conditioning import CameraMotion, FrameStride, UCF101Class
+    from .loaders import LoadFrameBridge, LoadFrameBridgeCheckpoint, LoadNeuralPrior
     from .prior import BridgePriorFromImage, NeuralPrior
-    from .sampler import BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule
-    from .videocrafter import VIDEOCRAFTER_NODES
+    from .sampler import BridgeSamplerNode, BridgeSamplerSelect, BridgeScheduleNode
 
     return [LoadFrameBridge, LoadNeuralPrior, UCF101Class, CameraMotion, BridgePriorFromImage, NeuralPrior,
-            BridgeSamplerNode, BridgeSamplerSelect, BridgeSchedule, *BIVDIFF_NODES, *VIDEOCRAFTER_NODES]
+            BridgeSamplerNode, BridgeSamplerSelect, BridgeScheduleNode, *BIVDIFF_NODES, LoadFrameBridgeCheckpoint,
+            FrameStride]
 
 
 def create_extension():

@@ -26,71 +26,18 @@ import folder_paths
 import latent_preview
 
 from ..framebridge_core.bivdiff import presets as bivdiff
-from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict, normalize_state_dict
+from ..framebridge_core.checkpoints import load_state_dict, normalize_state_dict
 from ..framebridge_core.families import detect_family
 from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D
 from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError
 from ..framebridge_core.bivdiff.inversion import LADDERS, inversion_ladder, mix_latents
 from ..framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
-from ..framebridge_core.families.modelscope.frames import ModelScopeFrames
+from .common import WEIGHT_DTYPES
+from .families.modelscope import build_modelscope_patcher
 from .paths import file_fingerprint
 
 CATEGORY = "FrameBridge/BIVDiff"
 VIDEO_MODEL_FOLDER = "diffusion_models"
-WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ATTACHMENT = "bivdiff_video_model"
-
-
-def comfy_attention(q, k, v):
-    """ComfyUI's optimized attention (per launch flags) on [B, heads, N, d]."""
-    from comfy.ldm.modules.attention import optimized_attention
-
-    return optimized_attention(q, k, v, heads=q.shape[1], skip_reshape=True, skip_output_reshape=True)
-
-
-# ---- the video model -----------------------------------------------------------------------------
-
-
-class ModelScopeFamilyConfig(comfy.supported_models_base.BASE):
-    """ModelScope T2V / ZeroScope: ε-prediction on SD's scaled_linear schedule, SD VAE latents."""
-
-    unet_config = {}
-    unet_extra_config = {}
-    latent_format = comfy.latent_formats.SD15
-    sampling_settings = {}  # ModelSamplingDiscrete default: "linear" 0.00085 -> 0.012 (SD's scaled_linear)
-    supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
-    memory_usage_factor = 2.0
-
-
-class ModelScopeVideoModel(comfy.model_base.BaseModel):
-    """A ModelScope UNet3D on frames-as-batch latents. ``num_video_frames`` is the latent batch, so
-    ComfyUI's cond/uncond batching ([2F] rows) still gives the network whole videos."""
-
-    def __init__(self, model_config, device=None):
-        super().__init__(model_config, model_type=comfy.model_base.ModelType.EPS, device=device,
-                         unet_model=ModelScopeFrames)
-
-    def extra_conds(self, **kwargs):
-        out = super().extra_conds(**kwargs)
-        noise = kwargs.get("noise", None)
-        if noise is not None:
-            out["num_video_frames"] = comfy.conds.CONDConstant(noise.shape[0])
-        return out
-
-
-def build_modelscope_patcher(config, state_dict: dict, weight_dtype=None):
-    unet_config = dict(config.to_dict(), attention=comfy_attention)
-    model_config = ModelScopeFamilyConfig(unet_config)
-    params = sum(v.numel() for v in state_dict.values())
-    load_device = mm.get_torch_device()
-    supported = model_config.supported_inference_dtypes
-    dtype = weight_dtype or mm.unet_dtype(model_params=params, supported_dtypes=supported)
-    model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
-    model = ModelScopeVideoModel(model_config, device=mm.unet_inital_load_device(params, dtype))
-    load_weights_strict(model.diffusion_model.net, state_dict, "ModelScope UNet3D")
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
-    patcher.set_attachments(ATTACHMENT, config)
-    return patcher
 
 
 class LoadVideoModel(io.ComfyNode):

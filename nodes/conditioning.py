@@ -1,9 +1,12 @@
-"""Class-label conditioning for the class-conditional FrameBridge models (UCF-101, camera motion)."""
+"""Conditioning nodes: class labels for the class-conditional models (UCF-101, camera motion) and the
+FrameBridge-VideoCrafter frame stride."""
 
 from __future__ import annotations
 
 import torch
 from comfy_api.latest import io
+
+import node_helpers
 
 from ..framebridge_core.labels import CAMERA_MOTIONS, UCF101_CLASSES, UCF101_NULL_CLASS
 
@@ -72,3 +75,27 @@ class CameraMotion(io.ComfyNode):
     @classmethod
     def execute(cls, motion) -> io.NodeOutput:
         return io.NodeOutput(class_conditioning(CAMERA_MOTIONS.index(motion)), class_conditioning(NULL_LABEL))
+
+
+class FrameStride(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_FrameStride",
+            display_name="FrameBridge Frame Stride",
+            category="FrameBridge/conditioning",
+            description=("Sets FrameBridge-VideoCrafter's frame-stride condition on positive and negative (the spacing "
+                         "of the training clip's frames: larger = more motion per frame). The official default is 3; "
+                         "training used 1..6."),
+            inputs=[io.Conditioning.Input("positive", tooltip="Text (+ image) conditioning of the video."),
+                    io.Conditioning.Input("negative", tooltip="The unconditional branch; gets the same stride."),
+                    io.Int.Input("frame_stride", default=3, min=1, max=30,
+                                 tooltip="Official inference: 3. Values outside 1..6 were not seen in training.")],
+            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, frame_stride) -> io.NodeOutput:
+        values = {"fb_fs": int(frame_stride)}
+        return io.NodeOutput(node_helpers.conditioning_set_values(positive, values),
+                             node_helpers.conditioning_set_values(negative, values))

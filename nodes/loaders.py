@@ -1,10 +1,10 @@
-"""Load FrameBridge (a bridge network as MODEL) and Load Neural Prior (FB_PRIOR_NET)."""
+"""Load FrameBridge (a bridge network as MODEL), Load Neural Prior (FB_PRIOR_NET) and Load FrameBridge
+Checkpoint (the all-in-one VideoCrafter file: MODEL, CLIP, VAE, CLIP_VISION)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from comfy_api.latest import io
 
 import comfy.model_management as mm
@@ -15,11 +15,14 @@ from ..framebridge_core.families import detect_family
 from ..framebridge_core.families.latte.checkpoint import LATTE_BRIDGE, LATTE_NEURAL_PRIOR
 from ..framebridge_core.errors import CheckpointError
 from ..framebridge_core.families.latte.frames import LatteNeuralPriorFrames
-from .models import build_latte_patcher, comfy_attention, latent_space_of
+from ..framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
+from .common import WEIGHT_DTYPES, comfy_attention
+from .families.bridge import latent_space_of
+from .families.latte import build_latte_patcher
+from .families.videocrafter import build_videocrafter_patcher, load_videocrafter
 from .paths import full_path, model_files, model_fingerprint
 
 CATEGORY = "FrameBridge/loaders"
-WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 PriorNet = io.Custom("FB_PRIOR_NET")
 
@@ -94,10 +97,7 @@ class LoadFrameBridge(io.ComfyNode):
                 f"'{ckpt_name}' is a FrameBridge neural prior network, not a bridge model: load it with "
                 f"'Load Neural Prior' and connect it to the 'Neural Prior' node."
             )
-        if info.name == "videocrafter_bridge":
-            from ..framebridge_core.families.videocrafter.checkpoint import split_checkpoint
-            from .videocrafter import build_videocrafter_patcher
-
+        if info.name == VIDEOCRAFTER:
             return io.NodeOutput(build_videocrafter_patcher(info.config, split_checkpoint(sd),
                                                             WEIGHT_DTYPES[weight_dtype]))
         if info.name != LATTE_BRIDGE:
@@ -144,3 +144,42 @@ class LoadNeuralPrior(io.ComfyNode):
                                                    offload_device=mm.unet_offload_device())
         return io.NodeOutput(NeuralPriorNet(patcher=patcher, config=info.config, source=path,
                                             latent_space=latent_space_of(meta)))
+
+
+class LoadFrameBridgeCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_LoadFrameBridgeCheckpoint",
+            display_name="Load FrameBridge Checkpoint",
+            category=CATEGORY,
+            description=(
+                "Loads an all-in-one FrameBridge checkpoint (the released FrameBridge-VideoCrafter Lightning .ckpt) "
+                "from models/framebridge: the bridge model as MODEL, and the text encoder, VAE and image encoder it "
+                "holds as ComfyUI's own CLIP (OpenCLIP ViT-H, penultimate layer), VAE (SD VAE) and CLIP_VISION (ViT-H)."
+            ),
+            inputs=[
+                io.Combo.Input("ckpt_name", options=model_files(),
+                               tooltip="The FrameBridge-VideoCrafter .ckpt (Lightning checkpoint with state_dict)."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip="Precision of the bridge network. 'default' lets ComfyUI choose (the official "
+                                       "sampler ran fp16 autocast)."),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output(), io.ClipVision.Output()],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, ckpt_name, weight_dtype):
+        return model_fingerprint(ckpt_name), weight_dtype
+
+    @classmethod
+    def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
+        model, clip, vae, clip_vision = load_videocrafter(full_path(ckpt_name), WEIGHT_DTYPES[weight_dtype])
+        missing = [n for n, v in (("CLIP (cond_stage_model.*)", clip), ("VAE (first_stage_model.*)", vae),
+                                  ("CLIP_VISION (embedder.*)", clip_vision)) if v is None]
+        if missing:
+            raise CheckpointError(
+                f"'{ckpt_name}' holds the bridge network but not {', '.join(missing)}; load the full released "
+                f"checkpoint, or load this file with 'Load FrameBridge' and the encoders with the core CLIP Loader "
+                f"(type stable_diffusion), Load VAE and Load CLIP Vision nodes.")
+        return io.NodeOutput(model, clip, vae, clip_vision)

@@ -11,7 +11,8 @@ import node_helpers
 
 from ..framebridge_core.errors import ConfigError, ShapeError
 from .loaders import PriorNet
-from .models import LATENT_FORMATS, bridge_info
+from .families.bridge import LATENT_FORMATS, bridge_info
+from .families.videocrafter import videocrafter_prior_values
 
 CATEGORY = "FrameBridge"
 RESIZE_MODES = ("center crop", "stretch", "none")
@@ -104,8 +105,6 @@ class BridgePriorFromImage(io.ComfyNode):
         prior = latent.repeat_interleave(length, dim=0).to(mm.intermediate_device())
         values = {"fb_cond_frame": prior, "fb_neural_prior": False}
         if info.family == "videocrafter":
-            from .videocrafter import videocrafter_prior_values
-
             values = videocrafter_prior_values(model, prior, length, clip_vision_output)
         positive = node_helpers.conditioning_set_values(positive, values)
         negative = node_helpers.conditioning_set_values(negative, values)

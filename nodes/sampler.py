@@ -188,7 +188,7 @@ class BridgeSamplerSelect(io.ComfyNode):
         return io.NodeOutput(BridgeSampler(method, eta))
 
 
-class BridgeSchedule(io.ComfyNode):
+class BridgeScheduleNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -1,4 +1,4 @@
-"""SAF alignment and parameterisations against framebridge-spec §1.5, §2 and §8.5-8.9, §8.14, §8.16."""
+"""SAF alignment and parameterisations against docs/math.md §1.5, §2 and §8.5-8.9, §8.14, §8.16."""
 
 import pytest
 import torch
@@ -28,7 +28,7 @@ TABLE_I = [0, 1, 2, 5, 10, 19, 39, 99, 199, 499, 799, 979, 999]
 SD_TABLE = [0.1913, 0.6253, 0.7853, 0.9548, 2.694, 10.588, 40.691, 170.611, 359.994, 662.914, 855.430, 999.392, 999.869]
 COG_TABLE = [0.1130, 0.5573, 0.7211, 0.8945, 0.9769, 2.8634, 13.587, 73.746, 199.245, 482.080, 682.718, 872.645, 965.716]
 
-# spec §2.3: t̃ at the 50 trailing indices [999, 979, ..., 19], in sampling order
+# docs/math.md §2.3: t̃ at the 50 trailing indices [999, 979, ..., 19], in sampling order
 VC_TRAILING_50 = [
     999.869, 999.392, 999.137, 987.804, 960.819, 938.348, 918.750, 901.125, 884.923, 869.776,
     855.430, 841.694, 828.426, 815.509, 802.851, 790.374, 778.009, 765.696, 753.379, 741.008,
@@ -160,7 +160,7 @@ def test_alignment_errors():
         snr_aligned_timesteps(S, SD.flip(0))
 
 
-# -- aligned input (spec §2.1, §8.5) ---------------------------------------------------------
+# -- aligned input (docs/math.md §2.1, §8.5) -------------------------------------------------
 
 
 def test_aligned_input_is_unit_variance_vp_state():
@@ -179,7 +179,7 @@ def test_aligned_input_is_unit_variance_vp_state():
         assert a_d / s_d == pytest.approx(float(S.rho[i]), rel=1e-12)
 
 
-# -- parameterisations (spec §1.5, §8.6, §8.16) ----------------------------------------------
+# -- parameterisations (docs/math.md §1.5, §8.6, §8.16) --------------------------------------
 
 
 def _sample(i, shape=(2, 3, 4, 5), seed=0):

@@ -1,4 +1,4 @@
-"""BIVDiff helpers: masks (spec §8.11), frame sub-sampling (§8.12), presets, and the ModelScope
+"""BIVDiff helpers: masks (docs/bivdiff-math.md §8.11), frame sub-sampling (§8.12), presets, and the ModelScope
 family in the checkpoint registry (detection from keys, strict loading, readable errors)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """BIVDiff Mixed Inversion and smoothing: parity with the official loops (committed fixture made
 with MCG-NJU/BIVDiff's scheduler and diffusers 0.23 UNet3D), and the weight-free properties of
-spec §8 (VP/VE identity, ladder round trips, Gaussian exact model, α endpoints, mix variance,
+docs/bivdiff-math.md §8 (VP/VE identity, ladder round trips, Gaussian exact model, α endpoints, mix variance,
 schedules, determinism, layouts, CFG)."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def read_fixture(name):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-# ---- schedule (spec §1.1 table, §8.6) ---------------------------------------------------------------
+# ---- schedule (docs/bivdiff-math.md §1.1 table, §8.6) -----------------------------------------------
 
 
 def test_schedule_values_match_the_spec_table():
@@ -130,7 +130,7 @@ def test_skipping_the_zero_weight_branch_is_bit_identical_and_halves_the_calls(o
     for alpha in (0.0, 1.0):
         fast = mixed_inversion(img, vid, t["z0"], alpha, ladder)
         full = mixed_inversion(img, vid, t["z0"], alpha, ladder, skip_zero_weight=False)
-        assert torch.equal(fast.latent, full.latent)  # spec §8.4: bypass changes nothing
+        assert torch.equal(fast.latent, full.latent)  # docs/bivdiff-math.md §8.4: bypass changes nothing
         assert (fast.model_calls, full.model_calls) == (10, 20)
         assert torch.equal(fast.latent, full.image_latent if alpha == 1 else full.video_latent)
     assert mixed_inversion(img, None, t["z0"], 1.0, ladder).model_calls == 10  # no video model needed at α=1
@@ -138,11 +138,11 @@ def test_skipping_the_zero_weight_branch_is_bit_identical_and_halves_the_calls(o
         mixed_inversion(img, None, t["z0"], 0.5, ladder)
 
 
-# ---- spec §8 properties with analytic models --------------------------------------------------------
+# ---- docs/bivdiff-math.md §8 properties with analytic models ----------------------------------------
 
 
 def test_vp_step_equals_ve_euler_step():
-    """§8.1: the official reverse_step equals Euler in σ-space on z / sqrt(ᾱ)."""
+    """docs/bivdiff-math.md §8.1: the official reverse_step equals Euler in σ-space on z / sqrt(ᾱ)."""
     g = torch.Generator().manual_seed(0)
     z, eps = torch.randn(3, 4, 2, 5, 5, generator=g, dtype=torch.float64), torch.randn(3, 4, 2, 5, 5, generator=g, dtype=torch.float64)
     a0, a1 = AC[401], AC[421]
@@ -152,7 +152,7 @@ def test_vp_step_equals_ve_euler_step():
 
 
 def test_round_trip_with_a_frozen_eps_matched_exact_official_not():
-    """§8.2: constant ε: matched ladder + DDIM sampling is the identity; the official 998/981 mismatch is not."""
+    """docs/bivdiff-math.md §8.2: constant ε: matched ladder + DDIM sampling is the identity; the official 998/981 mismatch is not."""
     g = torch.Generator().manual_seed(1)
     z0, eps = torch.randn(1, 4, 3, 6, 6, generator=g, dtype=torch.float64), torch.randn(1, 4, 3, 6, 6, generator=g, dtype=torch.float64)
     frozen = lambda z, t: eps
@@ -160,11 +160,11 @@ def test_round_trip_with_a_frozen_eps_matched_exact_official_not():
     matched = rel(ddim_sample(frozen, ddim_invert(frozen, z0, inversion_ladder(50, "matched")), 50))
     official = rel(ddim_sample(frozen, ddim_invert(frozen, z0, inversion_ladder(50, "official")), 50))
     assert matched < 1e-12
-    assert 0.05 < official < 0.15  # spec: 9.6 %
+    assert 0.05 < official < 0.15  # docs/bivdiff-math.md §8.2: 9.6 %
 
 
 def gaussian_eps(s):
-    """Exact ε for x0 ~ N(0, s²I) (spec §8.3)."""
+    """Exact ε for x0 ~ N(0, s²I) (docs/bivdiff-math.md §8.3)."""
     def eps(z, t):
         a = float(AC[t])
         return math.sqrt(1 - a) * z / (a * s * s + 1 - a)
@@ -185,13 +185,13 @@ def test_gaussian_exact_model_round_trip_error_falls_with_steps(mode):
         errs.append(float((back - z0).norm() / z0.norm()))
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.03, errs
     assert stds[0] < stds[1] < stds[2] < 1.01 and stds[2] > 0.98, stds
-    if mode == "matched":  # spec: 0.850 / 0.966 / 0.993 and 27.5 % / 6.7 % / 1.4 %
+    if mode == "matched":  # docs/bivdiff-math.md §8.3: 0.850 / 0.966 / 0.993 and 27.5 % / 6.7 % / 1.4 %
         assert stds == pytest.approx([0.850, 0.966, 0.993], abs=0.01)
         assert errs == pytest.approx([0.275, 0.067, 0.014], abs=0.01)
 
 
 def test_mix_variance_is_not_renormalised():
-    """§8.5: independent unit-variance inputs -> std sqrt(α²+(1-α)²) unless renormalize=True."""
+    """docs/bivdiff-math.md §8.5: independent unit-variance inputs -> std sqrt(α²+(1-α)²) unless renormalize=True."""
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(400_000, generator=g, dtype=torch.float64), torch.randn(400_000, generator=g, dtype=torch.float64)
     for alpha, want in ((0.5, 0.7071), (0.1, 0.9055)):
@@ -203,7 +203,7 @@ def test_mix_variance_is_not_renormalised():
 
 
 def test_inversion_and_sampling_use_no_randomness():
-    """§8.7: η=0 everywhere: the global RNG state is untouched and two runs are bit-identical."""
+    """docs/bivdiff-math.md §8.7: η=0 everywhere: the global RNG state is untouched and two runs are bit-identical."""
     g = torch.Generator().manual_seed(4)
     z0 = torch.randn(1, 4, 2, 4, 4, generator=g)
     eps = lambda z, t: torch.sin(z) * 0.5 + t / 2000.0
@@ -213,7 +213,7 @@ def test_inversion_and_sampling_use_no_randomness():
 
 
 def test_layout_and_comfy_latent_round_trips():
-    """§8.8: frames <-> video layout keeps frame order; the VAE scale is applied once per direction."""
+    """docs/bivdiff-math.md §8.8: frames <-> video layout keeps frame order; the VAE scale is applied once per direction."""
     x = torch.arange(2 * 3 * 4 * 2 * 2, dtype=torch.float32).reshape(6, 4, 2, 2)  # 2 videos x 3 frames
     v = frames_to_video(x, 3)
     assert v.shape == (2, 4, 3, 2, 2) and torch.equal(v[1, :, 2], x[5]) and torch.equal(video_to_frames(v), x)
@@ -227,7 +227,7 @@ def test_layout_and_comfy_latent_round_trips():
 
 
 def test_cfg_with_identical_branches_is_the_conditional_eps():
-    """§8.10."""
+    """docs/bivdiff-math.md §8.10."""
     e = torch.randn(2, 4, 3, 2, 2)
     for s in (0.0, 1.0, 7.5, 20.0):
         assert torch.allclose(cfg_combine(e, e, s), e)
@@ -235,7 +235,7 @@ def test_cfg_with_identical_branches_is_the_conditional_eps():
 
 
 def test_toy_smoothing_frame_differences_fall_as_alpha_grows():
-    """§8.13: VDM = exact ε of temporally correlated Gaussian video, IDM = same marginals, independent
+    """docs/bivdiff-math.md §8.13: VDM = exact ε of temporally correlated Gaussian video, IDM = same marginals, independent
     frames; smoothing with the VDM from the mixed inversion of a flickering clip."""
     f, rho, s = 4, 0.95, 0.8
     idx = torch.arange(f, dtype=torch.float64)

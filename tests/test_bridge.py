@@ -1,4 +1,4 @@
-"""Bridge schedule against framebridge-spec §1 and §8.1-8.4, §8.10."""
+"""Bridge schedule against docs/math.md §1 and §8.1-8.4, §8.10."""
 
 import math
 
@@ -11,7 +11,7 @@ from framebridge_core.errors import ConfigError
 
 S = BridgeSchedule()
 
-# spec §1.4: i, t, σ, σ̄, a, b, c, ρ, n (as printed there)
+# docs/math.md §1.4: i, t, σ, σ̄, a, b, c, ρ, n (as printed there)
 REFERENCE = [
     (0, 0.000999, 0.005911, 5.000496, 0.9999986, 1.397e-6, 5.9106e-3, 169.19, 1.000016),
     (1, 0.001998, 0.010944, 5.000488, 0.9999952, 4.789e-6, 1.0943e-2, 91.378, 1.000055),
@@ -65,7 +65,7 @@ def test_identities():
     assert torch.allclose(S.rho, S.sigma_bar / (S.sigma_1 * S.sigma), rtol=1e-12, atol=0)
     assert torch.all(S.rho[1:] < S.rho[:-1])
     assert torch.allclose(S.sigma**2 + S.sigma_bar**2, torch.full_like(S.sigma, S.sigma_1**2), rtol=1e-14, atol=0)
-    # total variance n² = a² + c² peaks at 6.5117 at t = 0.6923 (i = 692). The spec's "about 5.9
+    # total variance n² = a² + c² peaks at 6.5117 at t = 0.6923 (i = 692). The value "about 5.9
     # around t ≈ 0.7" is n² at i = 799 (n = 2.429), not the peak: see docs/notes/spec-deviations.md
     k = int(torch.argmax(S.norm**2))
     assert k == 692
@@ -117,7 +117,7 @@ def test_add_noise_with_a_batch_of_indices():
         S.add_noise(x0, y, 1000, eps)
 
 
-# -- time grids (spec §3.1, §8.10) ---------------------------------------------------------------
+# -- time grids (docs/math.md §3.1, §8.10) -------------------------------------------------------
 
 
 def test_trailing_50():

@@ -164,7 +164,7 @@ def test_full_size_key_table_matches_official(name, build):
 
 @pytest.mark.parametrize("in_channels", [4, 8])
 def test_full_size_shapes_on_meta(in_channels):
-    """Spec §8.15: [B,17,4|8,32,32] in, frame 0 dropped -> [B,16,4,32,32]."""
+    """docs/math.md §8.15: [B,17,4|8,32,32] in, frame 0 dropped -> [B,16,4,32,32]."""
     m = LatteModel(latte_s2_bridge(in_channels), device="meta")
     x = torch.empty(2, 16, 4, 32, 32, device="meta")
     cond = torch.empty(2, 4, 32, 32, device="meta")

@@ -146,7 +146,7 @@ def test_custom_attention_callable_is_used():
 
 
 def test_frames_as_batch_keeps_cond_and_uncond_videos_apart():
-    """Spec §8.9: a [2F] cond+uncond batch is two independent F-frame videos."""
+    """docs/bivdiff-math.md §8.9: a [2F] cond+uncond batch is two independent F-frame videos."""
     net = tiny(1)
     frames = ModelScopeFrames(ModelScopeUNet3DConfig(**TINY)).eval()
     frames.net.load_state_dict(net.state_dict())

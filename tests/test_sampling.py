@@ -1,4 +1,4 @@
-"""Bridge samplers against framebridge-spec §3.2-3.4 and §8.11-8.14."""
+"""Bridge samplers against docs/math.md §3.2-3.4 and §8.11-8.14."""
 
 import math
 
@@ -49,7 +49,7 @@ def oracle_final_variance(grid, method="sde", eta=0.5, s2=1.0):
         v = coef * coef * v + e * e * post
 
 
-# -- one step, point-mass data (spec §8.11, §8.13) -------------------------------------------------
+# -- one step, point-mass data (docs/math.md §8.11, §8.13) -----------------------------------------
 
 
 @pytest.mark.parametrize("eta", [1.0, 0.5, 0.0])
@@ -79,7 +79,7 @@ def test_ode_step_keeps_the_noise_coordinate():
 
 
 def test_ode_step_equals_the_spec_formula():
-    """η = 0 is the §3.3 ODE written with σ, σ̄ (derived from the formula, not the Latte code)."""
+    """η = 0 is the docs/math.md §3.3 ODE written with σ, σ̄ (derived from the formula, not the Latte code)."""
     gen = torch.Generator().manual_seed(4)
     x_s, x0, y = (torch.randn(64, generator=gen, dtype=torch.float64) for _ in range(3))
     s, t = 730, 410
@@ -100,7 +100,7 @@ def test_sde_step_is_the_official_formula():
     assert torch.allclose(bridge_step(x_s, x0, s, t, S, eta=1.0, noise=eps), official, atol=1e-6)
 
 
-# -- whole samplers, point-mass data (spec §8.11) --------------------------------------------------
+# -- whole samplers, point-mass data (docs/math.md §8.11) ------------------------------------------
 
 
 def test_sde_from_the_prior_follows_the_pinned_bridge():
@@ -132,7 +132,7 @@ def test_sde_from_the_prior_follows_the_pinned_bridge():
     assert float(states[grid.index(39)].var()) == pytest.approx(var_19, rel=3 * math.sqrt(2 / N))
 
 
-# -- Gaussian oracle (spec §8.12, §8.13) ------------------------------------------------------------
+# -- Gaussian oracle (docs/math.md §8.12, §8.13) ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -261,7 +261,7 @@ def test_explicit_grid_and_callback_cancel():
         sample_bridge(point_mass(0.0), torch.zeros(4), S, 5, method="mixed", eta=1.5)
 
 
-# -- classifier-free guidance (spec §3.4, §8.14) ---------------------------------------------------
+# -- classifier-free guidance (docs/math.md §3.4, §8.14) -------------------------------------------
 
 
 @pytest.mark.parametrize("param", ["v_aligned", "eps_psi"])

@@ -60,7 +60,7 @@ def test_full_size_key_table_matches_the_released_layout():
     official = {k: v for k, v in FULL.items() if k.startswith(("model.diffusion_model.", "image_proj_model."))}
     assert len(official) > 1500
     assert ours == official
-    assert FULL["model.diffusion_model.input_blocks.0.0.weight"] == [320, 8, 3, 3]  # spec §5.2
+    assert FULL["model.diffusion_model.input_blocks.0.0.weight"] == [320, 8, 3, 3]  # docs/math.md §5.2
     assert FULL["image_proj_model.latents"] == [1, 256, 1024]
     buffers = sorted(k for k in FULL if "." not in k)
     assert "bridge_aligned_t" in buffers and FULL["bridge_aligned_t"] == [1000]

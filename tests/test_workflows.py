@@ -114,7 +114,7 @@ def test_latte_ui_workflow_explains_where_the_weights_go(path):
             assert n["widgets_values"][0] in text, f"the note does not name {n['widgets_values'][0]}"
         if n["type"] == "VAELoader":
             assert n["widgets_values"][0] in text
-    # the official Google Drive ids (spec §5.3)
+    # the official Google Drive ids (docs/math.md §5.3)
     drive = {"FB_LoadNeuralPrior": "1fLRDaGctvedjYsMC_KG5FqBuD1HNyt2a"}
     types = {n["type"] for n in wf["nodes"]}
     bridge = "1O51G3ZPGkqItdlkde-jXOc765kbVBGbc" if "FB_NeuralPrior" in types else "15_AfLQl6cnXmoBnxRibnHQzwwqxexp_P"

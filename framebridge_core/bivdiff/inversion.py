@@ -18,9 +18,9 @@ Official behaviour (``models/mixed_inversion.py:885-896``, ``models/scheduling_d
 * sampling: DDIM η=0 over ``[981, ..., 1]``, ``prev = t - r``, the last step going to
   ``ᾱ_0`` (``set_alpha_to_one=False``), no clipping, CFG ``ε_u + s·(ε_c - ε_u)``.
 
-The ``"matched"`` ladder (spec §9, our default in the nodes) starts the inversion at the level the
+The ``"matched"`` ladder (docs/bivdiff-math.md §9, our default in the nodes) starts the inversion at the level the
 sampler ends on (ᾱ_0) and ends it at the level the sampler starts on (t=981), so inversion and
-sampling are exact inverses for a model with a constant ε (spec §8.2).
+sampling are exact inverses for a model with a constant ε (docs/bivdiff-math.md §8.2).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def mixed_inversion(image_eps: Optional[EpsFn], video_eps: Optional[EpsFn], z0: 
 
 
 def to_comfy_latent(z: torch.Tensor, alpha_start, scale: float = VAE_SCALE) -> torch.Tensor:
-    """A VP latent handed to ComfyUI's sampler at level ᾱ_start (spec §7): ``z / (sqrt(ᾱ) · scale)``.
+    """A VP latent handed to ComfyUI's sampler at level ᾱ_start (docs/bivdiff-math.md §7): ``z / (sqrt(ᾱ) · scale)``.
 
     ComfyUI multiplies a LATENT by the VAE scale and, with noise disabled, starts an EPS model at
     ``x = latent`` in VE form, i.e. ``z / sqrt(ᾱ)`` at the first σ of its schedule.

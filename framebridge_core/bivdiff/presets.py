@@ -8,7 +8,7 @@ import torch
 from ..errors import ConfigError, ShapeError
 from ..vp import DEFAULT_CFG, DEFAULT_STEPS
 
-#: Official mixing ratios α per image model (``configs/*.yaml`` ``IDM.<name>.mixing_ratio``, spec §2.4).
+#: Official mixing ratios α per image model (``configs/*.yaml`` ``IDM.<name>.mixing_ratio``, docs/bivdiff-math.md §2.4).
 MIXING_RATIO_PRESETS: dict[str, float] = {
     "ControlNet": 1.0,
     "T2I-Adapter": 1.0,
@@ -18,7 +18,7 @@ MIXING_RATIO_PRESETS: dict[str, float] = {
     "SD Outpainting": 0.1,
 }
 
-#: BIVDiff defaults (spec §0.5): 8 frames, every 4th source frame, 50 steps, CFG 7.5.
+#: BIVDiff defaults (docs/bivdiff-math.md §0.5): 8 frames, every 4th source frame, 50 steps, CFG 7.5.
 DEFAULT_FRAMES, DEFAULT_STRIDE = 8, 4
 FRAME_POLICIES = ("error", "fewer frames")
 OUTPAINT_DIRECTIONS = ("horizontal", "vertical")

@@ -1,4 +1,4 @@
-"""SNR-Aligned Fine-tuning (SAF, spec §2) and the network-output parameterisations (spec §1.5).
+"""SNR-Aligned Fine-tuning (SAF, docs/math.md §2) and the network-output parameterisations (docs/math.md §1.5).
 
 SAF feeds a pretrained diffusion network the normalised bridge state
 ``z = (x_t − b·y)/√(a²+c²) = α_d·x0 + σ_d·ε`` at a float timestep ``t̃`` whose diffusion √SNR
@@ -97,7 +97,7 @@ def _vp_coords(x_t: torch.Tensor, y: torch.Tensor, i, schedule: BridgeSchedule):
 
 
 def aligned_input(x_t: torch.Tensor, y: torch.Tensor, i, schedule: BridgeSchedule) -> torch.Tensor:
-    """SAF network input ``z = (x_t − b_i·y)/√(a_i²+c_i²)`` (spec §2.1)."""
+    """SAF network input ``z = (x_t − b_i·y)/√(a_i²+c_i²)`` (docs/math.md §2.1)."""
     return (x_t - gather(schedule.b, i, x_t) * y) / gather(schedule.norm, i, x_t)
 
 
@@ -111,7 +111,7 @@ def _check_param(parameterization: str) -> None:
 def output_to_x0(
     parameterization: str, output: torch.Tensor, x_t: torch.Tensor, y: torch.Tensor, i, schedule: BridgeSchedule
 ) -> torch.Tensor:
-    """Recover x̂0 from the network output F (spec §1.5, pitfall §7.10).
+    """Recover x̂0 from the network output F (docs/math.md §1.5, pitfall §7.10).
 
     * ``v_aligned`` (CogVideoX): ``x̂0 = α_d·z − σ_d·F`` with the aligned z.
     * ``eps_psi`` (VideoCrafter, Latte): ``x̂0 = x_t − σ_i·F`` with the raw state and bridge σ.
@@ -152,7 +152,7 @@ def training_target(
     i,
     schedule: BridgeSchedule,
 ) -> torch.Tensor:
-    """Regression target for x_t = a·x0 + b·y + c·ε (losses are plain unweighted MSE, spec §1.5).
+    """Regression target for x_t = a·x0 + b·y + c·ε (losses are plain unweighted MSE, docs/math.md §1.5).
 
     * ``v_aligned``: ``(a·ε − c·x0)/n`` (COG ``get_v_target``; depends only on x0 and ε).
     * ``eps_psi``: ``(x_t − x0)/σ``.

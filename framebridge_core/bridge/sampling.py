@@ -1,8 +1,8 @@
-"""First-order bridge samplers over a denoiser callable (spec §3).
+"""First-order bridge samplers over a denoiser callable (docs/math.md §3).
 
 A denoiser is ``denoise(x_t, i, prior) -> x̂0`` with ``i`` a python int bridge index. Sampling
 starts at ``x = prior`` with no noise at the first grid index and returns ``x̂0`` at the last
-(spec §7.2-7.3).
+(docs/math.md §7.2-7.3).
 
 One step from index s to the next index t (smaller time) belongs to the family
 
@@ -12,9 +12,9 @@ One step from index s to the next index t (smaller time) belongs to the family
 which, for an exact x̂0, maps the bridge marginal at s onto the one at t for every η ∈ [0, 1]
 (the deterministic part carries variance c_t² − η²v_st ≥ 0 because c_t² − v_st = σ_t⁴c_s²/σ_s⁴).
 
-* η = 1 is the official posterior step q(x_t | x0 = x̂0, x_s) (spec §3.2):
+* η = 1 is the official posterior step q(x_t | x0 = x̂0, x_s) (docs/math.md §3.2):
   ``x_t = (σ_t²/σ_s²)·x_s + (1 − σ_t²/σ_s²)·x̂0 + σ_t√(1 − σ_t²/σ_s²)·ε``; computed in that form.
-* η = 0 is the first-order bridge ODE of spec §3.3, derived from the formula: it keeps the noise
+* η = 0 is the first-order bridge ODE of docs/math.md §3.3, derived from the formula: it keeps the noise
   coordinate, ``x_t − a_t x̂0 − b_t y = (c_t/c_s)(x_s − a_s x̂0 − b_s y)``.
 * 0 < η < 1 ("mixed") interpolates the injected noise, like DDIM's η.
 
@@ -124,7 +124,7 @@ def sample_bridge(
     eta: float = 0.5,
     noise: Optional[NoiseSource] = None,
 ) -> torch.Tensor:
-    """Sample from the bridge starting at ``prior`` (spec §3).
+    """Sample from the bridge starting at ``prior`` (docs/math.md §3).
 
     Args:
         denoise: ``denoise(x_t, i, prior) -> x̂0`` (see :func:`cfg_denoiser` for guidance).
@@ -171,7 +171,7 @@ def sample_bridge(
 
 
 def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """``uncond + scale·(cond − uncond)`` (spec §3.4).
+    """``uncond + scale·(cond − uncond)`` (docs/math.md §3.4).
 
     x̂0 is affine in the network output with the same state, so guiding the raw output (v or ε_ψ)
     and guiding x̂0 give identical results. ``scale == 1`` returns ``cond`` itself.

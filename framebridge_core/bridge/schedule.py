@@ -1,4 +1,4 @@
-"""The Bridge-TTS schedule FrameBridge uses (spec §1).
+"""The Bridge-TTS schedule FrameBridge uses (docs/math.md §1).
 
 Forward process with f(t) = 0 and g²(t) = β_min + t(β_max − β_min):
 
@@ -7,7 +7,7 @@ Forward process with f(t) = 0 and g²(t) = β_min + t(β_max − β_min):
     x_t  = a_t·x0 + b_t·y + c_t·ε,  a_t = σ̄_t²/σ_1²,  b_t = σ_t²/σ_1²,  c_t = σ̄_t·σ_t/σ_1
 
 Time is discretised to ``num_steps`` indices i = 0..T−1 with t_i = (i+1)/(T+1): neither end point
-is on the grid (spec §1.2). All tables are float64; callers cast when they apply them.
+is on the grid (docs/math.md §1.2). All tables are float64; callers cast when they apply them.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class BridgeSchedule:
             )
 
     def add_noise(self, x0: torch.Tensor, y: torch.Tensor, i, noise: torch.Tensor) -> torch.Tensor:
-        """Sample the marginal x_i = a_i·x0 + b_i·y + c_i·ε (spec §1.3). ``i``: int or [B] tensor."""
+        """Sample the marginal x_i = a_i·x0 + b_i·y + c_i·ε (docs/math.md §1.3). ``i``: int or [B] tensor."""
         self.check_index(i)
         return (
             gather(self.a, i, x0) * x0
@@ -136,7 +136,7 @@ class BridgeSchedule:
         * ``"trailing"`` (official CogVideoX and VideoCrafter ``uniform_trailing``):
           ``round(arange(T, 0, −T/n)) − 1``; n = 50 gives [999, 979, …, 19].
         * ``"uniform"`` (the VideoCrafter sampler's own default, ``range(0, T, T//n) + 1``): gives
-          [981, …, 1] for n = 50, starting far from t ≈ 1. Wrong for the released models (spec
+          [981, …, 1] for n = 50, starting far from t ≈ 1. Wrong for the released models (docs/math.md
           §3.1), kept for reproducing it. When T//n does not divide T it yields more than n steps.
         * ``"iddpm"`` (Latte's ``space_timesteps(T, "n")``): evenly strided, includes 0 and T−1.
         """

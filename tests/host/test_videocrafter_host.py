@@ -98,8 +98,8 @@ def parts(host, stand_in):
 def _vc_module(host):
     import sys
 
-    mods = [m for name, m in sys.modules.items() if name.endswith(".nodes.videocrafter")]
-    assert mods, "the pack's nodes.videocrafter module was not imported by ComfyUI"
+    mods = [m for name, m in sys.modules.items() if name.endswith(".nodes.families.videocrafter")]
+    assert mods, "the pack's nodes.families.videocrafter module was not imported by ComfyUI"
     return mods[0]
 
 

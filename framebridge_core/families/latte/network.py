@@ -1,7 +1,7 @@
 """FrameBridge-Latte networks: the bridge transformer and the neural prior ("nwarp") network.
 
 A clean re-implementation of the Latte video transformer as used by the FrameBridge UCF-101
-models (spec §4.2, §5.3). Parameter names and shapes are exactly those of the official
+models (docs/math.md §4.2, §5.3). Parameter names and shapes are exactly those of the official
 checkpoints, so an official ``{"ema": state_dict}`` loads with ``strict=True``:
 
 * ``x_embedder.proj.{weight,bias}``          Conv2d patch embedding ``[D, C_in, p, p]``

@@ -1,7 +1,7 @@
 """The frame-wise Perceiver Resampler that turns CLIP image tokens into cross-attention tokens.
 
 A clean re-implementation of the image projector of DynamiCrafter / FrameBridge-VideoCrafter
-(spec §5.2, official ``lvdm/modules/encoders/resampler.py``). The 257 OpenCLIP ViT-H tokens
+(docs/math.md §5.2, official ``lvdm/modules/encoders/resampler.py``). The 257 OpenCLIP ViT-H tokens
 (1280-d, last block, before ``ln_post``) are read by ``num_queries × video_length`` learned
 queries (16 × 16 = 256), giving 16 tokens per frame in the UNet's context width (1024).
 

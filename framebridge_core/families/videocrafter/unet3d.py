@@ -1,6 +1,6 @@
 """The FrameBridge-VideoCrafter 3D UNet (DynamiCrafter-256 layout, LVDM ``openaimodel3d``).
 
-A clean re-implementation of the network of spec §5.2: a 2-D SD-style UNet run on frames folded
+A clean re-implementation of the network of docs/math.md §5.2: a 2-D SD-style UNet run on frames folded
 into the batch (``(b t) c h w``), with
 
 * a temporal convolution block (four ``(3,1,1)`` Conv3d) at the end of every ResBlock,

@@ -1,11 +1,11 @@
 """FrameBridge-VideoCrafter in ComfyUI: the MODEL, and CLIP / VAE / CLIP_VISION built by ComfyUI.
 
 * :class:`FrameBridgeVideoCrafter` is a ``BaseModel`` whose ``model_sampling`` is the bridge σ
-  (:class:`nodes.models.BridgeModelSampling`); it aligns the state for SAF in full precision
+  (:class:`.bridge.BridgeModelSampling`); it aligns the state for SAF in full precision
   (``z = (x_t − b_i·y)/n_i``), the network gets ``t̃_i`` and returns ``eps_psi``, and
   ``x̂0 = x_t − σ_i·F``. Text arrives as ``c_crossattn`` (CLIP Text Encode), the image latent as
   ``fb_cond_frame`` and the CLIP ViT-H tokens as ``fb_clip_vision``, both set by Bridge Prior from
-  Image on positive *and* negative, so CFG drops only the text (spec §3.4).
+  Image on positive *and* negative, so CFG drops only the text (docs/math.md §3.4).
 * :func:`load_videocrafter` reads the released Lightning ``.ckpt`` (or a UNet/Resampler file) and
   returns ``(MODEL, CLIP | None, VAE | None, CLIP_VISION | None)``: the OpenCLIP-H text tower goes
   to ComfyUI's own SD2 text encoder (penultimate layer, final LayerNorm: the official
@@ -21,8 +21,6 @@ import os
 import tempfile
 
 import torch
-from comfy_api.latest import io
-
 import comfy.clip_vision
 import comfy.conds
 import comfy.latent_formats
@@ -37,12 +35,12 @@ import comfy.text_encoders.sd2_clip
 import comfy.utils
 import folder_paths
 
-from ..framebridge_core.bridge.schedule import BridgeSchedule
-from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict
-from ..framebridge_core.families import detect_family
-from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError
-from ..framebridge_core.families.frames import PRIOR_KEY
-from ..framebridge_core.families.videocrafter.bridge import (
+from ...framebridge_core.bridge.schedule import BridgeSchedule
+from ...framebridge_core.checkpoints import load_state_dict, load_weights_strict
+from ...framebridge_core.families import detect_family
+from ...framebridge_core.errors import CheckpointError, ConfigError, ShapeError
+from ...framebridge_core.families.frames import PRIOR_KEY
+from ...framebridge_core.families.videocrafter.bridge import (
     DEFAULT_CFG,
     DEFAULT_SPACING,
     DEFAULT_STEPS,
@@ -50,10 +48,10 @@ from ..framebridge_core.families.videocrafter.bridge import (
     check_frames_and_size,
     check_schedule_buffers,
 )
-from ..framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
-from ..framebridge_core.families.videocrafter.frames import VideoCrafterBridgeFrames
-from .models import ATTACHMENT, BridgeInfo, BridgeModelSampling, _pick_dtypes, bridge_info, comfy_attention
-from .paths import full_path, model_files, model_fingerprint
+from ...framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
+from ...framebridge_core.families.videocrafter.frames import VideoCrafterBridgeFrames
+from ..common import comfy_attention, pick_dtypes
+from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling
 
 FAMILY = "videocrafter"
 CLIP_VISION_TOKENS_KEY = "fb_clip_vision"
@@ -129,7 +127,7 @@ def build_videocrafter_patcher(config, parts, weight_dtype=None):
         check_schedule_buffers(parts.buffers)
     model_config = VideoCrafterFamilyConfig({"config": config, "attention": comfy_attention})
     params = sum(v.numel() for v in parts.unet.values()) + sum(v.numel() for v in parts.image_proj.values())
-    load_device, dtype, manual_cast = _pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
+    load_device, dtype, manual_cast = pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(dtype, manual_cast)
     model = FrameBridgeVideoCrafter(model_config, device=mm.unet_inital_load_device(params, dtype))
     net = model.diffusion_model.net
@@ -270,7 +268,7 @@ def load_videocrafter(path, weight_dtype=None):
 
 def videocrafter_prior_values(model, latent: torch.Tensor, length: int, clip_vision_output) -> dict:
     """Conditioning values Bridge Prior from Image attaches for this family (positive and negative):
-    the image latent (also the prior, spec §4.1) and all CLIP ViT-H tokens of the image."""
+    the image latent (also the prior, docs/math.md §4.1) and all CLIP ViT-H tokens of the image."""
     config = model.get_attachment(CONFIG_ATTACHMENT)
     if clip_vision_output is None:
         raise ConfigError("FrameBridge-VideoCrafter also needs the image as CLIP vision tokens: connect "
@@ -293,86 +291,5 @@ def videocrafter_prior_values(model, latent: torch.Tensor, length: int, clip_vis
     return {"fb_cond_frame": latent, CLIP_VISION_TOKENS_KEY: tokens, "fb_neural_prior": False}
 
 
-def is_videocrafter(model) -> bool:
-    info = bridge_info(model)
-    return info is not None and info.family == FAMILY
-
-
-# ----------------------------------------------------------------------------------------------
-# Nodes
-# ----------------------------------------------------------------------------------------------
-
-WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class LoadFrameBridgeCheckpoint(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="FB_LoadFrameBridgeCheckpoint",
-            display_name="Load FrameBridge Checkpoint",
-            category="FrameBridge/loaders",
-            description=(
-                "Loads an all-in-one FrameBridge checkpoint (the released FrameBridge-VideoCrafter Lightning .ckpt) "
-                "from models/framebridge: the bridge model as MODEL, and the text encoder, VAE and image encoder it "
-                "holds as ComfyUI's own CLIP (OpenCLIP ViT-H, penultimate layer), VAE (SD VAE) and CLIP_VISION (ViT-H)."
-            ),
-            inputs=[
-                io.Combo.Input("ckpt_name", options=model_files(),
-                               tooltip="The FrameBridge-VideoCrafter .ckpt (Lightning checkpoint with state_dict)."),
-                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
-                               tooltip="Precision of the bridge network. 'default' lets ComfyUI choose (the official "
-                                       "sampler ran fp16 autocast)."),
-            ],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output(), io.ClipVision.Output()],
-        )
-
-    @classmethod
-    def fingerprint_inputs(cls, ckpt_name, weight_dtype):
-        return model_fingerprint(ckpt_name), weight_dtype
-
-    @classmethod
-    def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
-        model, clip, vae, clip_vision = load_videocrafter(full_path(ckpt_name), WEIGHT_DTYPES[weight_dtype])
-        missing = [n for n, v in (("CLIP (cond_stage_model.*)", clip), ("VAE (first_stage_model.*)", vae),
-                                  ("CLIP_VISION (embedder.*)", clip_vision)) if v is None]
-        if missing:
-            raise CheckpointError(
-                f"'{ckpt_name}' holds the bridge network but not {', '.join(missing)}; load the full released "
-                f"checkpoint, or load this file with 'Load FrameBridge' and the encoders with the core CLIP Loader "
-                f"(type stable_diffusion), Load VAE and Load CLIP Vision nodes.")
-        return io.NodeOutput(model, clip, vae, clip_vision)
-
-
-class FrameStride(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="FB_FrameStride",
-            display_name="FrameBridge Frame Stride",
-            category="FrameBridge/conditioning",
-            description=("Sets FrameBridge-VideoCrafter's frame-stride condition on positive and negative (the spacing "
-                         "of the training clip's frames: larger = more motion per frame). The official default is 3; "
-                         "training used 1..6."),
-            inputs=[io.Conditioning.Input("positive", tooltip="Text (+ image) conditioning of the video."),
-                    io.Conditioning.Input("negative", tooltip="The unconditional branch; gets the same stride."),
-                    io.Int.Input("frame_stride", default=3, min=1, max=30,
-                                 tooltip="Official inference: 3. Values outside 1..6 were not seen in training.")],
-            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
-        )
-
-    @classmethod
-    def execute(cls, positive, negative, frame_stride) -> io.NodeOutput:
-        import node_helpers
-
-        values = {"fb_fs": int(frame_stride)}
-        return io.NodeOutput(node_helpers.conditioning_set_values(positive, values),
-                             node_helpers.conditioning_set_values(negative, values))
-
-
-__all__ = ["FrameBridgeVideoCrafter", "LoadFrameBridgeCheckpoint", "FrameStride", "build_videocrafter_patcher",
-           "clip_from_open_clip", "clip_vision_from_open_clip", "is_videocrafter", "load_videocrafter",
-           "videocrafter_prior_values"]
-
-#: This module's nodes, for nodes/__init__.py's node list.
-VIDEOCRAFTER_NODES = [LoadFrameBridgeCheckpoint, FrameStride]
+__all__ = ["FrameBridgeVideoCrafter", "build_videocrafter_patcher", "clip_from_open_clip", "clip_vision_from_open_clip",
+           "load_videocrafter", "videocrafter_prior_values"]

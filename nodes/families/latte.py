@@ -1,0 +1,102 @@
+"""FrameBridge-Latte in ComfyUI: the model config, the ``BaseModel`` and the MODEL built from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.supported_models_base
+
+from ...framebridge_core.bridge.schedule import BridgeSchedule
+from ...framebridge_core.checkpoints import load_weights_strict
+from ...framebridge_core.families.latte.frames import LatteBridgeFrames
+from ..common import comfy_attention, pick_dtypes
+from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, PixelSpace, latent_space_of
+
+
+class LatteFamilyConfig(comfy.supported_models_base.BASE):
+    """FrameBridge-Latte on the SD VAE (sd-vae-ft-ema, 4 channels, scale 0.18215)."""
+
+    unet_config = {}
+    unet_extra_config = {}
+    latent_format = comfy.latent_formats.SD15
+    supported_inference_dtypes = [torch.float32, torch.bfloat16, torch.float16]
+    memory_usage_factor = 1.5
+
+
+class LattePixelFamilyConfig(LatteFamilyConfig):
+    """FrameBridge-Latte trained in pixel space (the bundled tiny models): use the pixel_space VAE."""
+
+    latent_format = PixelSpace
+    memory_usage_factor = 1.0
+
+
+class FrameBridgeLatte(comfy.model_base.BaseModel):
+    """A FrameBridge-Latte bridge network as a ComfyUI model (frames-as-batch latents)."""
+
+    def __init__(self, model_config, device=None):
+        super().__init__(model_config, model_type=comfy.model_base.ModelType.EPS, device=device,
+                         unet_model=LatteBridgeFrames)
+        self.model_sampling = BridgeModelSampling(BridgeSchedule())
+
+    def extra_conds(self, **kwargs):
+        out = {}
+        cond_frame = kwargs.get("fb_cond_frame", None)
+        if cond_frame is not None:
+            out["fb_cond_frame"] = comfy.conds.CONDNoiseShape(self.process_latent_in(cond_frame))
+        label = kwargs.get("fb_class", None)
+        if label is not None:
+            label = int(label)
+            if label < 0:  # "the null class of whatever model this is" (negative of class nodes)
+                null = self.diffusion_model.net.config.null_class
+                label = label if null is None else null
+            out["fb_class"] = comfy.conds.CONDRegular(torch.tensor([label], dtype=torch.long))
+        if "fb_neural_prior" in kwargs:
+            out["fb_neural_prior"] = comfy.conds.CONDConstant(bool(kwargs["fb_neural_prior"]))
+        return out
+
+
+def _meta(metadata, key: str, default: str) -> str:
+    return (metadata or {}).get("framebridge." + key, default)
+
+
+def build_latte_patcher(config, state_dict: dict, weight_dtype=None, metadata=None):
+    """A ``ModelPatcher`` for a FrameBridge-Latte bridge checkpoint (state dict without prefix).
+
+    ``metadata`` (safetensors header) selects the latent space and the sampling defaults of models
+    trained by this project; official checkpoints have none and get the UCF-101 settings.
+    """
+    space = latent_space_of(metadata)
+    unet_config = dict(config.to_dict(), attention=comfy_attention)
+    model_config = (LattePixelFamilyConfig if space == "pixel" else LatteFamilyConfig)(unet_config)
+    params = sum(v.numel() for v in state_dict.values())
+    load_device, dtype, manual_cast = pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = FrameBridgeLatte(model_config, device=mm.unet_inital_load_device(params, dtype))
+    load_weights_strict(model.diffusion_model.net, state_dict, "FrameBridge-Latte bridge network")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    patcher.set_attachments(ATTACHMENT, BridgeInfo(
+        family="latte",
+        num_frames=config.num_frames,
+        latent_channels=config.latent_channels,
+        latent_size=config.input_size,
+        num_classes=config.num_classes,
+        null_class=config.null_class,
+        neural_prior_input=config.prior_concat,
+        default_cfg=float(_meta(metadata, "default_cfg", "7.0")),
+        default_steps=int(_meta(metadata, "default_steps", "50")),
+        default_spacing=_meta(metadata, "default_spacing", "trailing" if space == "pixel" else "iddpm"),
+        schedule=model.model_sampling.schedule,
+        latent_space=space,
+        class_names=tuple(json.loads(_meta(metadata, "classes", "[]"))),
+    ))
+    return patcher
+
+
+__all__ = ["FrameBridgeLatte", "LatteFamilyConfig", "LattePixelFamilyConfig", "build_latte_patcher"]
