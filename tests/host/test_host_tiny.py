@@ -75,7 +75,7 @@ def test_motion_choice_changes_the_video_and_seed_repeats(host):
     assert torch.equal(a, b)
     c = latent("pan-right", 3)
     # the label reaches the network (whether the motion is the requested one is checked on
-    # held-out images by tests/test_generate.py and `bench motion`)
+    # held-out images by tests/tiny/test_generate.py and `bench motion`)
     assert float((a[-1] - c[-1]).abs().mean()) > 0.003, "pan-left and pan-right should differ"
 
 

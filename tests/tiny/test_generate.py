@@ -22,7 +22,7 @@ from framebridge_core.errors import ConfigError
 from framebridge_core.tiny.animator import DEFAULT_IMAGE, PRETRAINED_DIR, TinyAnimator
 from framebridge_core.video_io import load_image, pil_to_uint8, read_animation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("PIL")
 
 

@@ -22,7 +22,7 @@ from framebridge_core.families.videocrafter.unet3d import UNet3DConfig
 from framebridge_core.bridge.sampling import bridge_step, sample_bridge
 from framebridge_core.testing import seeded_random_weights
 
-FIX = Path(__file__).parent / "fixtures" / "videocrafter"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "videocrafter"
 META = json.loads((FIX / "meta.json").read_text())
 TOL = 1e-5
 

@@ -31,7 +31,7 @@ from framebridge_core.training.data import (
 )
 from framebridge_core.errors import ConfigError, FrameBridgeError, ShapeError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _rand_source(h, w, seed=0):

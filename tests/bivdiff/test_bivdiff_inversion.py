@@ -28,7 +28,7 @@ from framebridge_core.testing import ddim_sample, frames_to_video, video_to_fram
 from framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
 from framebridge_core.families.modelscope.unet3d import ModelScopeUNet3D, ModelScopeUNet3DConfig
 
-FIXTURES = Path(__file__).parent / "fixtures" / "bivdiff"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bivdiff"
 AC = sd_alphas_cumprod()
 
 

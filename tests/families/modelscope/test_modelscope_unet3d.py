@@ -23,7 +23,7 @@ from framebridge_core.families.modelscope.unet3d import (
     expected_state_dict_shapes,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "bivdiff"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "bivdiff"
 
 
 def read_fixture(name):

@@ -25,7 +25,7 @@ from framebridge_core.families.videocrafter.resampler import ResamplerConfig
 from framebridge_core.families.videocrafter.unet3d import UNet3DConfig
 from framebridge_core.testing import seeded_random_weights
 
-FIX = Path(__file__).parent / "fixtures" / "videocrafter"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "videocrafter"
 FULL = json.loads((FIX / "keys_full.json").read_text())
 
 SMALL = VideoCrafterConfig(

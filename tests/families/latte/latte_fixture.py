@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from framebridge_core.families.latte.network import LatteConfig
 
-LAT = Path(__file__).parent / "fixtures" / "latte"
+LAT = Path(__file__).resolve().parents[2] / "fixtures" / "latte"
 META = json.loads((LAT / "meta.json").read_text())
 TOL = 1e-5
 

@@ -27,7 +27,7 @@ from framebridge_core.families.latte.network import (
     sincos_pos_embed_2d,
 )
 
-FIX = Path(__file__).parent / "fixtures"
+FIX = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def weights(name):
