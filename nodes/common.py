@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 import comfy.model_management as mm
+import comfy.model_patcher
 
 #: the weight_dtype input of the loaders
 WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -25,4 +26,13 @@ def pick_dtypes(weight_dtype, params: int, supported):
     return load_device, dtype, manual_cast
 
 
-__all__ = ["WEIGHT_DTYPES", "comfy_attention", "pick_dtypes"]
+def new_patcher(model_config, model_cls, params: int, weight_dtype=None) -> comfy.model_patcher.ModelPatcher:
+    """A ``ModelPatcher`` around an empty ``model_cls(model_config)`` in the dtype core loaders would pick;
+    the caller fills ``patcher.model`` with the checkpoint's weights."""
+    load_device, dtype, manual_cast = pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_cls(model_config, device=mm.unet_inital_load_device(params, dtype))
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+
+
+__all__ = ["WEIGHT_DTYPES", "comfy_attention", "new_patcher", "pick_dtypes"]

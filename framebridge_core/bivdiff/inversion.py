@@ -1,26 +1,11 @@
-"""DDIM inversion, BIVDiff's Mixed Inversion, and the DDIM sampler of its smoothing stage.
+"""DDIM inversion and BIVDiff's Mixed Inversion, handing over where its smoothing-stage sampler starts.
 
 Everything here works on VP latents ``z_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε`` in the video layout
 ``[B, C, F, h, w]`` (already multiplied by the VAE scale 0.18215), with SD's discrete
 ``scaled_linear`` schedule (β 0.00085 -> 0.012, 1000 steps) kept in float64. Models are callables
 ``eps_fn(z, t) -> ε`` with an integer timestep ``t``; the text conditioning is bound inside them.
-
-Official behaviour (``models/mixed_inversion.py:885-896``, ``models/scheduling_ddim.py``):
-
-* ``set_timesteps(S)``: leading spacing, ``[0, r, 2r, ...]`` reversed, plus ``steps_offset=1``:
-  ``[981, 961, ..., 1]`` for S=50 (r = 1000 // S).
-* inversion visits them in increasing order; ``reverse_step`` at ``t`` evaluates ``ε(z, t)``,
-  forms ``x̂0 = (z - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t)`` and re-noises to ``n = min(998, t + r)``:
-  ``z ← sqrt(ᾱ_n) x̂0 + sqrt(1-ᾱ_n) ε``. The clean latent is treated as if at t=1, and the last
-  step lands on t=998 although sampling later starts at t=981 (:class:`Ladder` ``"official"``).
-* mixing: ``z_T = α·z_T(image) + (1-α)·z_T(video)``, once, after both runs; no renormalisation.
-  Both branches always run (2·S model calls), even at α = 0 or 1.
-* sampling: DDIM η=0 over ``[981, ..., 1]``, ``prev = t - r``, the last step going to
-  ``ᾱ_0`` (``set_alpha_to_one=False``), no clipping, CFG ``ε_u + s·(ε_c - ε_u)``.
-
-The ``"matched"`` ladder (docs/bivdiff-math.md §9, our default in the nodes) starts the inversion at the level the
-sampler ends on (ᾱ_0) and ends it at the level the sampler starts on (t=981), so inversion and
-sampling are exact inverses for a model with a constant ε (docs/bivdiff-math.md §8.2).
+:func:`inversion_ladder` gives the official behaviour and the ``"matched"`` ladder (our default,
+docs/bivdiff-math.md §9); :func:`mixed_inversion` gives the mixing.
 """
 
 from __future__ import annotations
@@ -43,7 +28,11 @@ LADDERS = ("matched", "official")
 
 
 def ddim_timesteps(steps: int, num_train: int = NUM_TRAIN_TIMESTEPS, offset: int = STEPS_OFFSET) -> list[int]:
-    """diffusers DDIM ``set_timesteps`` (leading spacing + offset), descending: ``[981, ..., 1]`` for 50."""
+    """diffusers DDIM ``set_timesteps`` (leading spacing + offset), descending: ``[981, ..., 1]`` for 50.
+
+    As in the official ``models/scheduling_ddim.py``: ``[0, r, 2r, ...]`` reversed, plus
+    ``steps_offset=1``, with ``r = 1000 // steps``.
+    """
     if not 1 <= int(steps) <= num_train:
         raise ConfigError(f"steps={steps} is outside 1..{num_train}; BIVDiff uses 50.")
     ratio = num_train // steps
@@ -73,6 +62,20 @@ def inversion_ladder(steps: int = 50, mode: str = "matched", alphas_cumprod: Opt
     at t=998 (BIVDiff's ``reverse_step``). ``"matched"``: from ᾱ_0 (where DDIM sampling ends) to
     t=1, 21, ..., 981 (where it starts), evaluating the model at the level the latent is at
     (t = 0, 1, 21, ..., 961); the exact reverse of the sampler's ladder.
+
+    Official behaviour (``models/mixed_inversion.py:885-896``, ``models/scheduling_ddim.py``):
+
+    * inversion visits the :func:`ddim_timesteps` in increasing order; ``reverse_step`` at ``t``
+      evaluates ``ε(z, t)``, forms ``x̂0 = (z - sqrt(1-ᾱ_t) ε) / sqrt(ᾱ_t)`` and re-noises to
+      ``n = min(998, t + r)``: ``z ← sqrt(ᾱ_n) x̂0 + sqrt(1-ᾱ_n) ε``. The clean latent is treated
+      as if at t=1, and the last step lands on t=998 although sampling later starts at t=981;
+    * sampling: DDIM η=0 over ``[981, ..., 1]``, ``prev = t - r``, the last step going to ``ᾱ_0``
+      (``set_alpha_to_one=False``), no clipping, CFG ``ε_u + s·(ε_c - ε_u)``.
+
+    The ``"matched"`` ladder (docs/bivdiff-math.md §9, our default in the nodes) starts the
+    inversion at the level the sampler ends on (ᾱ_0) and ends it at the level the sampler starts
+    on (t=981), so inversion and sampling are exact inverses for a model with a constant ε
+    (docs/bivdiff-math.md §8.2).
     """
     if mode not in LADDERS:
         raise ConfigError(f"unknown inversion ladder {mode!r}; choose 'matched' (inversion ends where sampling "
@@ -141,6 +144,10 @@ def mixed_inversion(image_eps: Optional[EpsFn], video_eps: Optional[EpsFn], z0: 
     With ``skip_zero_weight`` (default) the branch whose weight is 0 is not run: at α=1 only the
     image model and at α=0 only the video model is called, S model calls instead of the official
     2·S, with a bit-identical result (the skipped term is multiplied by 0 in the official mix).
+
+    Official mixing (``models/mixed_inversion.py:885-896``): ``z_T = α·z_T(image) + (1-α)·z_T(video)``,
+    once, after both runs; no renormalisation. Both branches always run (2·S model calls), even at
+    α = 0 or 1.
     """
     a = check_mixing_ratio(mixing_ratio)
     calls = 0

@@ -2,25 +2,9 @@
 
 A denoiser is ``denoise(x_t, i, prior) -> x̂0`` with ``i`` a python int bridge index. Sampling
 starts at ``x = prior`` with no noise at the first grid index and returns ``x̂0`` at the last
-(docs/math.md §7.2-7.3).
-
-One step from index s to the next index t (smaller time) belongs to the family
-
-    x_t = a_t·x̂0 + b_t·y + √(c_t² − η²·v_st)·ε̂_s + η·√v_st·ε,
-    ε̂_s = (x_s − a_s·x̂0 − b_s·y)/c_s,     v_st = σ_t²(1 − σ_t²/σ_s²)
-
-which, for an exact x̂0, maps the bridge marginal at s onto the one at t for every η ∈ [0, 1]
-(the deterministic part carries variance c_t² − η²v_st ≥ 0 because c_t² − v_st = σ_t⁴c_s²/σ_s⁴).
-
-* η = 1 is the official posterior step q(x_t | x0 = x̂0, x_s) (docs/math.md §3.2):
-  ``x_t = (σ_t²/σ_s²)·x_s + (1 − σ_t²/σ_s²)·x̂0 + σ_t√(1 − σ_t²/σ_s²)·ε``; computed in that form.
-* η = 0 is the first-order bridge ODE of docs/math.md §3.3, derived from the formula: it keeps the noise
-  coordinate, ``x_t − a_t x̂0 − b_t y = (c_t/c_s)(x_s − a_s x̂0 − b_s y)``.
-* 0 < η < 1 ("mixed") interpolates the injected noise, like DDIM's η.
-
-The first step of "ode" and "mixed" is the SDE step: started at the prior without noise, a
-deterministic first step would make every sample of an image identical (and the official Latte
-ODE loop does the same, ``gaussian_diffusion.py:1022-1025``).
+(docs/math.md §7.2-7.3). Every step is a member of one family indexed by η (:func:`bridge_step`):
+η = 1 is the official SDE step and η = 0 a first-order ODE, both mapping bridge marginals onto
+bridge marginals for an exact x̂0, so the methods differ only in the noise they inject.
 """
 
 from __future__ import annotations
@@ -40,7 +24,12 @@ METHODS = ("sde", "ode", "mixed")
 
 
 def step_eta(method: str, step: int, eta: float) -> float:
-    """η used by step number ``step`` (0-based) of a sampler of the given method."""
+    """η used by step number ``step`` (0-based) of a sampler of the given method.
+
+    The first step of "ode" and "mixed" is the SDE step: started at the prior without noise, a
+    deterministic first step would make every sample of an image identical (and the official
+    Latte ODE loop does the same, ``gaussian_diffusion.py:1022-1025``).
+    """
     if method == "sde" or step == 0:
         return 1.0
     if method == "ode":
@@ -59,6 +48,20 @@ def bridge_step(
     noise: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One first-order step from bridge index ``s`` to index ``t < s``.
+
+    The step belongs to the family
+
+        x_t = a_t·x̂0 + b_t·y + √(c_t² − η²·v_st)·ε̂_s + η·√v_st·ε,
+        ε̂_s = (x_s − a_s·x̂0 − b_s·y)/c_s,     v_st = σ_t²(1 − σ_t²/σ_s²)
+
+    which, for an exact x̂0, maps the bridge marginal at s onto the one at t for every η ∈ [0, 1]
+    (the deterministic part carries variance c_t² − η²v_st ≥ 0 because c_t² − v_st = σ_t⁴c_s²/σ_s⁴).
+
+    * η = 1 is the official posterior step q(x_t | x0 = x̂0, x_s) (docs/math.md §3.2):
+      ``x_t = (σ_t²/σ_s²)·x_s + (1 − σ_t²/σ_s²)·x̂0 + σ_t√(1 − σ_t²/σ_s²)·ε``; computed in that form.
+    * η = 0 is the first-order bridge ODE of docs/math.md §3.3, derived from the formula: it keeps
+      the noise coordinate, ``x_t − a_t x̂0 − b_t y = (c_t/c_s)(x_s − a_s x̂0 − b_s y)``.
+    * 0 < η < 1 ("mixed") interpolates the injected noise, like DDIM's η.
 
     Coefficients are computed in float64 and applied in the state's dtype. ``prior`` is needed
     for η < 1; ``noise`` (standard normal, shape of ``x_s``) for η > 0.

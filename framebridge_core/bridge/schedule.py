@@ -1,13 +1,8 @@
 """The Bridge-TTS schedule FrameBridge uses (docs/math.md §1).
 
-Forward process with f(t) = 0 and g²(t) = β_min + t(β_max − β_min):
-
-    σ_t² = β_min·t + ½(β_max − β_min)·t²        σ_1² = ½(β_min + β_max)
-    σ̄_t² = σ_1² − σ_t²
-    x_t  = a_t·x0 + b_t·y + c_t·ε,  a_t = σ̄_t²/σ_1²,  b_t = σ_t²/σ_1²,  c_t = σ̄_t·σ_t/σ_1
-
 Time is discretised to ``num_steps`` indices i = 0..T−1 with t_i = (i+1)/(T+1): neither end point
 is on the grid (docs/math.md §1.2). All tables are float64; callers cast when they apply them.
+The forward process is given in :class:`BridgeSchedule`.
 """
 
 from __future__ import annotations
@@ -38,6 +33,12 @@ class BridgeCoefficients:
 
 class BridgeSchedule:
     """Discrete Bridge-TTS schedule with linear g² ("gmax" type), α ≡ 1.
+
+    Forward process with f(t) = 0 and g²(t) = β_min + t(β_max − β_min):
+
+        σ_t² = β_min·t + ½(β_max − β_min)·t²        σ_1² = ½(β_min + β_max)
+        σ̄_t² = σ_1² − σ_t²
+        x_t  = a_t·x0 + b_t·y + c_t·ε,  a_t = σ̄_t²/σ_1²,  b_t = σ_t²/σ_1²,  c_t = σ̄_t·σ_t/σ_1
 
     Attributes (float64 tensors of length ``num_steps``, indexed by the bridge index i):
     ``t``, ``sigma``, ``sigma_bar``, ``a`` (coefficient of the data), ``b`` (of the prior),

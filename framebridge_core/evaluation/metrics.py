@@ -1,22 +1,10 @@
 """Video quality metrics of the quality benchmark: PSNR, SSIM, Fréchet distance, motion classifier.
 
 Pure torch (kornia for SSIM, imported when first used). Videos are ``[B, F, 3, H, W]`` in
-``[-1, 1]`` (data range 2); single images ``[B, 3, H, W]`` work as well.
-
-* :func:`psnr`: per frame, ``10 log10(range² / MSE)``. The MSE is floored at the quantisation noise
-  of 8-bit video, ``(range / 255)² / 12``, so a frame identical to its reference scores 58.9 dB
-  (a perfectly stored 8-bit frame) instead of infinity, and a mean over frames stays finite.
-* :func:`ssim`: per frame, the mean of :func:`kornia.metrics.ssim`'s map: Gaussian window of
-  7 taps (σ = 1.5), suited to 32-pixel frames, with reflect padding (``"same"``) so that border
-  pixels, where panned-in content appears, count too. Images are mapped to ``[0, 1]`` first.
-* :func:`frechet_distance`: ``|μ_a − μ_b|² + tr(Σ_a + Σ_b − 2 (Σ_a^½ Σ_b Σ_a^½)^½)`` in float64. The
-  matrix square roots come from symmetric eigendecompositions (``eigh``) with negative rounding
-  eigenvalues clipped to zero, which is exact for positive semi-definite covariances, also rank
-  deficient ones (fewer samples than feature dimensions).
-* :class:`MotionClassifier`: a small 3D-conv network over the clip, its frame-to-frame
-  differences and its difference to frame 0, so motion is easy to see; :meth:`~MotionClassifier.features`
-  is the 64-d penultimate layer used for the Fréchet distance. :func:`train_motion_classifier`
-  trains it on ground-truth clips of the camera-motion dataset.
+``[-1, 1]`` (data range 2); single images ``[B, 3, H, W]`` work as well. The Fréchet distance is
+taken in the 64-d features of :class:`MotionClassifier`, a small network trained on ground-truth
+camera-motion clips (:func:`train_motion_classifier`) whose input makes motion easy to see, so the
+distance compares how clips move as well as what they show.
 """
 
 from __future__ import annotations
@@ -70,9 +58,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = DATA_RANGE,
          min_mse: Optional[float] = None) -> torch.Tensor:
     """PSNR in dB of every image: ``[B, F, C, H, W]`` → ``[B, F]`` (``[B, C, H, W]`` → ``[B]``).
 
-    ``min_mse`` floors the mean squared error (default: the 8-bit quantisation noise
-    ``(data_range / 255)² / 12``, so identical images give 58.92 dB); pass 0 for the raw value
-    (identical images then give ``inf``).
+    ``10 log10(range² / MSE)``. ``min_mse`` floors the mean squared error (default: the 8-bit
+    quantisation noise ``(data_range / 255)² / 12``, so identical images give 58.92 dB, a perfectly
+    stored 8-bit frame, instead of infinity, and a mean over frames stays finite); pass 0 for the
+    raw value (identical images then give ``inf``).
     """
     _check_pair(a, b, "psnr")
     if min_mse is None:
@@ -88,7 +77,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, value_range: tuple[float, float] = (-
 
     Inputs spanning ``value_range`` (default ``[-1, 1]``) are mapped to ``[0, 1]`` (SSIM's luminance
     term is not shift invariant); the map is :func:`kornia.metrics.ssim` with a ``window``-tap
-    Gaussian (σ = 1.5), ``max_val = 1`` and reflect padding.
+    Gaussian (σ = 1.5; 7 taps by default, suited to 32-pixel frames), ``max_val = 1`` and reflect
+    padding (``"same"``), so that border pixels, where panned-in content appears, count too.
     """
     from kornia.metrics import ssim as kornia_ssim
 
@@ -134,8 +124,12 @@ def frechet_distance_from_stats(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: t
                                 cov_b: torch.Tensor) -> float:
     """Fréchet distance between the Gaussians ``N(mu_a, cov_a)`` and ``N(mu_b, cov_b)``.
 
-    ``tr((Σ_a Σ_b)^½)`` is computed as ``tr((Σ_a^½ Σ_b Σ_a^½)^½)`` (a similar, symmetric PSD
-    matrix), i.e. the sum of the square roots of its clipped eigenvalues, in float64.
+    ``|μ_a − μ_b|² + tr(Σ_a + Σ_b − 2 (Σ_a^½ Σ_b Σ_a^½)^½)`` in float64: ``tr((Σ_a Σ_b)^½)`` is
+    computed as ``tr((Σ_a^½ Σ_b Σ_a^½)^½)`` (a similar, symmetric PSD matrix), i.e. the sum of the
+    square roots of its clipped eigenvalues. The matrix square roots come from symmetric
+    eigendecompositions (``eigh``) with negative rounding eigenvalues clipped to zero, which is
+    exact for positive semi-definite covariances, also rank deficient ones (fewer samples than
+    feature dimensions).
     """
     mu_a, mu_b = mu_a.double(), mu_b.double()
     cov_a, cov_b = _sym(cov_a.double()), _sym(cov_b.double())
@@ -308,7 +302,7 @@ def load_classifier(path) -> tuple[MotionClassifier, dict[str, str]]:
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
     if "motion_classifier.config" not in meta:
-        raise ConfigError(f"{path} is not a motion classifier written by framebridge_core.metrics.")
+        raise ConfigError(f"{path} is not a motion classifier written by framebridge_core.evaluation.metrics.")
     cfg = json.loads(meta["motion_classifier.config"])
     model = MotionClassifier(cfg["num_classes"], cfg["width"], cfg["feature_dim"])
     model.load_state_dict(load_file(str(path)))

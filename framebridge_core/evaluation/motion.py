@@ -2,20 +2,10 @@
 
 ``python -m framebridge_core bench motion`` animates the first frame of held-out clips (TEST
 split: source photographs never seen in training) with each clip's motion class, using the
-bundled models exactly as ``generate`` does, and scores:
-
-* **motion accuracy**: the share of generated clips in which the benchmark's motion classifier
-  (trained on ground-truth TRAIN clips) recognises the requested motion. The classifier works at
-  the benchmark size, so clips are scored at 32×32 px and every second frame (8 of 16 frames, the
-  same total motion); its accuracy on the real held-out clips is reported as the ceiling;
-* **direction**: the last frame's PSNR to the true last frame of the requested motion against its
-  PSNR to the true last frame of the *opposite* motion (pan-left vs pan-right, zoom-in vs
-  zoom-out, ...), rendered from the same source view: a model that follows the motion is closer
-  to the requested one;
-* last-frame and first-frame PSNR, and seconds per clip.
-
-It writes a markdown report and a contact sheet (the held-out default image, every motion, frames
-0/5/10/15 side by side, with the default pipeline: the bridge from the neural prior).
+bundled models exactly as ``generate`` does, and scores whether the result moves the requested
+way (:func:`_score_row`). It writes a markdown report and a contact sheet (the held-out default
+image, every motion, frames 0/5/10/15 side by side, with the default pipeline: the bridge from
+the neural prior).
 """
 
 from __future__ import annotations
@@ -143,6 +133,37 @@ def _db(value: float, fmt: str) -> str:
     return "exact" if abs(value) > 90 else format(value, fmt)
 
 
+def _score_row(name: str, video: torch.Tensor, spc: float, truth: torch.Tensor, opposite: torch.Tensor,
+               labels: torch.Tensor, moving: torch.Tensor, clf, num_motions: int) -> tuple[str, str]:
+    """One model's line in the main table and in the per-motion accuracy table.
+
+    * **motion accuracy**: the share of generated clips in which the benchmark's motion classifier
+      (trained on ground-truth TRAIN clips) recognises the requested motion. The classifier works
+      at the benchmark size, so clips are scored at 32×32 px and every second frame (8 of 16
+      frames, the same total motion); its accuracy on the real held-out clips is the ceiling;
+    * **direction**: the last frame's PSNR to the true last frame of the requested motion against
+      its PSNR to the true last frame of the *opposite* motion (pan-left vs pan-right, zoom-in vs
+      zoom-out, ...), rendered from the same source view: a model that follows the motion is
+      closer to the requested one;
+    * last-frame and first-frame PSNR, and seconds per clip.
+    """
+    with torch.no_grad():
+        pred = clf.eval()(classifier_view(video)).argmax(1)
+    acc = float((pred == labels).float().mean())
+    req = _psnr(video[:, -1], truth[:, -1])
+    opp = _psnr(video[:, -1], opposite[:, -1])
+    closer = float((req[moving] > opp[moving]).float().mean())
+    gap = float((req[moving] - opp[moving]).mean())
+    line = (f"| {name} | {100 * acc:.1f}% | {_db(gap, '+.2f')} | {100 * closer:.0f}% | "
+            f"{_db(float(_psnr(video[:, 0], truth[:, 0]).mean()), '.1f')} | "
+            f"{_db(float(req.mean()), '.2f')} | {spc:.2f} |")
+    cells = []
+    for m in range(num_motions):
+        sel = labels == m
+        cells.append(f"{100 * float((pred[sel] == m).float().mean()):.0f}%" if sel.any() else "–")
+    return line, f"| {name} | " + " | ".join(cells) + " |"
+
+
 def _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, seconds) -> list[str]:
     from ..training.data.camera_motion import MOTIONS
 
@@ -152,21 +173,9 @@ def _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, s
             "|---|---|---|---|---|---|---|"]
     per_motion = ["| model | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions)]
     for name, video, spc in rows:
-        with torch.no_grad():
-            pred = clf.eval()(classifier_view(video)).argmax(1)
-        acc = float((pred == labels).float().mean())
-        req = _psnr(video[:, -1], truth[:, -1])
-        opp = _psnr(video[:, -1], opposite[:, -1])
-        closer = float((req[moving] > opp[moving]).float().mean())
-        gap = float((req[moving] - opp[moving]).mean())
-        head.append(f"| {name} | {100 * acc:.1f}% | {_db(gap, '+.2f')} | {100 * closer:.0f}% | "
-                    f"{_db(float(_psnr(video[:, 0], truth[:, 0]).mean()), '.1f')} | "
-                    f"{_db(float(req.mean()), '.2f')} | {spc:.2f} |")
-        cells = []
-        for m in range(len(motions)):
-            sel = labels == m
-            cells.append(f"{100 * float((pred[sel] == m).float().mean()):.0f}%" if sel.any() else "–")
-        per_motion.append(f"| {name} | " + " | ".join(cells) + " |")
+        line, motion_line = _score_row(name, video, spc, truth, opposite, labels, moving, clf, len(motions))
+        head.append(line)
+        per_motion.append(motion_line)
     cmd = "python -m framebridge_core bench motion " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "motion"] else [])
     return [
         "# Does the bundled tiny FrameBridge follow the requested motion on unseen images?",

@@ -2,28 +2,10 @@
 
     python -m framebridge_core bench quality --runs runs --nfe 5,10,25,50 --clips 144
 
-(a script, not part of the tests; ``benchmarks/train_bench.sh`` trains the models first). On held-out
-clips of the camera-motion dataset (the TEST split's source images, balanced over the 9 motions),
-every trained variant animates the ground truth's first frame with the ground truth's motion class
-at each number of function evaluations (NFE), and is scored against the ground truth:
-
-* PSNR and SSIM per frame (frames 1..F−1), the last frame's PSNR, and first-frame fidelity (PSNR of
-  generated frame 0 against the conditioning image); see :mod:`framebridge_core.metrics`;
-* a Fréchet distance (FD) in the 64-d features of a small motion classifier trained on TRAIN-split
-  ground truth, against a second, disjoint draw of real test clips of the same size; the
-  real-vs-real FD (the ground truth of the evaluation clips against that reference set) is the
-  floor a perfect generator would reach at this sample size;
-* the classifier's accuracy on generated clips (is the requested motion recognisable?);
-* sampling seconds per clip.
-
-Baselines: copying the first frame to every frame, and the ground truth itself. The neural prior
-alone is one network pass and is shown once (NFE 1). Generated videos are clamped to [-1, 1]
-before scoring. Class guidance is off by default (``--cfg 1``), the same for every variant.
-
-Models are read from ``<runs>/<variant>/model.safetensors``; a missing variant is reported and
-skipped. Progress goes to stderr; stdout gets the tables and ends with the line
-``bridge/diffusion FD ratio at 25 NFE: <x>``. The tables, the configuration and the exact
-commands are written to ``--out`` (``benchmarks/RESULTS.md``).
+A script, not part of the tests (``benchmarks/train_bench.sh`` trains the models first). It answers
+whether the trained variants, above all the bridge against diffusion, differ in quality at equal
+sampling cost on clips none of them saw: :func:`_evaluate` gives the protocol, :func:`_score` the
+metrics and :func:`main` the outputs.
 """
 
 from __future__ import annotations
@@ -147,6 +129,7 @@ def _train_command(path: Path) -> Optional[str]:
 
 
 def _load_models(runs: Path) -> tuple[dict, dict[str, str]]:
+    """``<runs>/<variant>/model.safetensors`` of every variant; a missing variant is reported and skipped."""
     from ..tiny.format import EXPORT_FILE, META_PREFIX, load_trained
 
     models, missing = {}, {}
@@ -249,6 +232,16 @@ def _classifier(path: Path, args, size: int, frames: int, sources: tuple[str, ..
 
 
 def _score(video: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, clf, ref_feats) -> dict:
+    """The metrics of one set of videos against the ground truth (see :mod:`.metrics`).
+
+    * PSNR and SSIM per frame (frames 1..F−1), the last frame's PSNR, and first-frame fidelity
+      (PSNR of generated frame 0 against the conditioning image);
+    * a Fréchet distance (FD) in the 64-d features of a small motion classifier trained on
+      TRAIN-split ground truth, against a second, disjoint draw of real test clips of the same size
+      (``ref_feats``); the real-vs-real FD (the ground truth of the evaluation clips against that
+      reference set) is the floor a perfect generator would reach at this sample size;
+    * the classifier's accuracy on the videos (is the requested motion recognisable?).
+    """
     from .metrics import classifier_accuracy, extract_features, frechet_distance, psnr, ssim
 
     p = psnr(video, truth)  # [N, F]
@@ -449,45 +442,55 @@ def _write_report(path: Path, *, argv: Sequence[str], args, rows, nfes, floor, m
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..training.data.camera_motion import MOTIONS, CameraMotionDataset
-    from .metrics import classifier_accuracy, extract_features
-    from ..tiny.variants import Schedules
+def _check_classes(models: dict) -> None:
+    from ..training.data.camera_motion import MOTIONS
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if args.clips < 2 or args.batch < 1:
-        raise ConfigError(f"--clips must be >= 2 and --batch >= 1, got {args.clips} and {args.batch}.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t_start = time.time()
-    runs = Path(args.runs)
-    models, missing = _load_models(runs)
-    for k, why in missing.items():
-        _log(f"skipping {k}: {why}")
-    size, frames, preset = _geometry(models, args.preset)
     for k, m in models.items():
         if m["net"].config.num_classes != len(MOTIONS):
             raise ConfigError(f"{m['path']} has {m['net'].config.num_classes} classes; the camera-motion "
                               f"benchmark needs {len(MOTIONS)}.")
-    sources = _sources(models, args.sources)
+
+
+def _evaluation_sets(args, models: dict, size: int, frames: int, sources: tuple[str, ...]) -> tuple:
+    """``(test_set, (truth, labels), (ref, ref_labels))``: the evaluation set and the FD reference set."""
+    from ..training.data.camera_motion import CameraMotionDataset
 
     test_set = CameraMotionDataset("test", size=size, frames=frames, seed=args.seed, include=sources)
     truth, labels, _ = test_set.fixed_set(args.clips, seed=args.seed)
     ref, ref_labels, _ = test_set.fixed_set(args.clips, seed=args.seed + 1)
     _log(f"evaluation: {args.clips} test clips of {size}px x {frames} frames from {test_set.num_sources} "
          f"sources ({'+'.join(sources)}); variants {', '.join(models) or 'none'}")
+    return test_set, (truth, labels), (ref, ref_labels)
 
-    clf_path = Path(args.classifier) if args.classifier else runs / DEFAULT_CLASSIFIER
-    heldout = (torch.cat([truth, ref]), torch.cat([labels, ref_labels]))
-    clf, clf_meta, cached = _classifier(clf_path, args, size, frames, sources, heldout)
+
+def _heldout_accuracy(clf, heldout: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, list[float]]:
+    """The classifier's accuracy on held-out real clips: overall and per motion class."""
+    from ..training.data.camera_motion import MOTIONS
+    from .metrics import classifier_accuracy
+
     heldout_acc = classifier_accuracy(clf, *heldout)
     with torch.no_grad():
         pred = torch.cat([clf(heldout[0][i:i + 64]).argmax(1) for i in range(0, len(heldout[1]), 64)])
     per_class = [float((pred[heldout[1] == c] == c).float().mean()) if (heldout[1] == c).any() else float("nan")
                  for c in range(len(MOTIONS))]
     _log(f"motion classifier accuracy on {len(heldout[1])} held-out real clips: {heldout_acc:.3f}")
-    ref_feats = extract_features(clf, ref)
+    return heldout_acc, per_class
+
+
+def _evaluate(models: dict, args, truth: torch.Tensor, labels: torch.Tensor, clf, ref_feats
+              ) -> tuple[list[dict], list[str], float]:
+    """Score the baselines and every variant at every NFE: ``(rows, notes, real-vs-real FD floor)``.
+
+    The ground truth is held-out clips of the camera-motion dataset (the TEST split's source
+    images, balanced over the 9 motions). Every trained variant animates the ground truth's first
+    frame with the ground truth's motion class at each number of function evaluations (NFE) and is
+    scored against the ground truth by :func:`_score`, with the sampling seconds per clip.
+    Baselines: copying the first frame to every frame, and the ground truth itself (listed last).
+    The neural prior alone is one network pass and is scored once (NFE 1). Generated videos are
+    clamped to [-1, 1] before scoring. Class guidance (``--cfg``, 1 = off by default) is the same
+    for every variant.
+    """
+    from ..tiny.variants import Schedules
 
     rows: list[dict] = []
     notes: list[str] = []
@@ -516,6 +519,67 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # ground truth last: a reference line under the generated rows
     rows = [r for r in rows if r["variant"] != "real"] + [r for r in rows if r["variant"] == "real"]
+    return rows, notes, floor
+
+
+def _write_json(path: Path, *, argv, args, preset, size, frames, sources, floor, heldout_acc, per_class,
+                clf_meta, missing, ratio, rows, models) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "argv": argv, "preset": preset, "size": size, "frames": frames, "sources": list(sources),
+        "clips": args.clips, "seed": args.seed, "cfg": args.cfg, "nfe": args.nfe, "method": args.method,
+        "fd_floor": floor, "classifier_accuracy": heldout_acc, "classifier_per_class": per_class,
+        "classifier": clf_meta, "missing": missing, "ratio": ratio, "rows": rows,
+        "models": {k: {"path": str(m["path"]), "meta": m["meta"], "command": m["command"]}
+                   for k, m in models.items()},
+    }, indent=1), encoding="utf-8")
+
+
+def _print_summary(rows: list[dict], nfes: list[int], floor: float, heldout_acc: float,
+                   missing: dict[str, str], ratio_text: str) -> None:
+    print(_main_table(rows))
+    print()
+    print(_fd_table(rows, nfes, floor))
+    print()
+    print(f"classifier accuracy on held-out real clips: {100 * heldout_acc:.1f}%; real-vs-real FD floor: {floor:.4g}")
+    for k, why in missing.items():
+        print(f"missing: {k} ({why})")
+    print(f"bridge/diffusion FD ratio at {RATIO_NFE} NFE: {ratio_text}")
+    sys.stdout.flush()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the benchmark; returns 0.
+
+    Progress goes to stderr; stdout gets the tables and ends with the line
+    ``bridge/diffusion FD ratio at 25 NFE: <x>``. The tables, the configuration and the exact
+    commands are written to ``--out`` (``benchmarks/RESULTS.md``), every number also to ``--json``.
+    """
+    from .metrics import extract_features
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.clips < 2 or args.batch < 1:
+        raise ConfigError(f"--clips must be >= 2 and --batch >= 1, got {args.clips} and {args.batch}.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.time()
+    runs = Path(args.runs)
+    models, missing = _load_models(runs)
+    for k, why in missing.items():
+        _log(f"skipping {k}: {why}")
+    size, frames, preset = _geometry(models, args.preset)
+    _check_classes(models)
+    sources = _sources(models, args.sources)
+    test_set, (truth, labels), (ref, ref_labels) = _evaluation_sets(args, models, size, frames, sources)
+
+    clf_path = Path(args.classifier) if args.classifier else runs / DEFAULT_CLASSIFIER
+    heldout = (torch.cat([truth, ref]), torch.cat([labels, ref_labels]))
+    clf, clf_meta, cached = _classifier(clf_path, args, size, frames, sources, heldout)
+    heldout_acc, per_class = _heldout_accuracy(clf, heldout)
+    ref_feats = extract_features(clf, ref)
+
+    rows, notes, floor = _evaluate(models, args, truth, labels, clf, ref_feats)
     ratio = _ratio(rows)
     ratio_text = "n/a" if ratio is None else f"{ratio:.3g}"
     if ratio is None:
@@ -526,26 +590,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   clf_params=sum(p.numel() for p in clf.parameters()), clf_cached=cached,
                   heldout_acc=heldout_acc, per_class=per_class, notes=notes, seconds=time.time() - t_start)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "argv": argv, "preset": preset, "size": size, "frames": frames, "sources": list(sources),
-            "clips": args.clips, "seed": args.seed, "cfg": args.cfg, "nfe": args.nfe, "method": args.method,
-            "fd_floor": floor, "classifier_accuracy": heldout_acc, "classifier_per_class": per_class,
-            "classifier": clf_meta, "missing": missing, "ratio": ratio, "rows": rows,
-            "models": {k: {"path": str(m["path"]), "meta": m["meta"], "command": m["command"]}
-                       for k, m in models.items()},
-        }, indent=1), encoding="utf-8")
+        _write_json(Path(args.json), argv=argv, args=args, preset=preset, size=size, frames=frames,
+                    sources=sources, floor=floor, heldout_acc=heldout_acc, per_class=per_class,
+                    clf_meta=clf_meta, missing=missing, ratio=ratio, rows=rows, models=models)
     _log(f"wrote {out} ({(time.time() - t_start) / 60:.1f} min)")
-
-    print(_main_table(rows))
-    print()
-    print(_fd_table(rows, args.nfe, floor))
-    print()
-    print(f"classifier accuracy on held-out real clips: {100 * heldout_acc:.1f}%; real-vs-real FD floor: {floor:.4g}")
-    for k, why in missing.items():
-        print(f"missing: {k} ({why})")
-    print(f"bridge/diffusion FD ratio at {RATIO_NFE} NFE: {ratio_text}")
-    sys.stdout.flush()
+    _print_summary(rows, args.nfe, floor, heldout_acc, missing, ratio_text)
     return 0
 
 

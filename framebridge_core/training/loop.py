@@ -1,18 +1,10 @@
 """Training loop for the project's own small models: bridge, diffusion, neural prior, SAF.
 
 ``python -m framebridge_core train --kind bridge --preset tiny --out runs/bridge`` trains on the
-procedural camera-motion dataset (:mod:`framebridge_core.data`). The loop
-
-* draws batches and noise from generators seeded by ``--seed`` (no global RNG state is touched),
-  so a run is reproducible and a resumed run continues the same random streams;
-* keeps an EMA of the weights (what is exported, as the official code does);
-* writes ``state.pt`` (weights, EMA, optimiser, step, generator states, loss log) every
-  ``ckpt_every`` steps and on Ctrl-C, and resumes from it with ``--resume``;
-* stops at ``--steps`` or after ``--minutes`` of wall time, whichever comes first;
-* exports ``model.safetensors`` (EMA weights, fp16 by default) with metadata that names the
-  family, variant, config, data, step count and date, plus ``loss.csv``.
-
-The variants are defined in :mod:`framebridge_core.variants`.
+procedural camera-motion dataset (:mod:`framebridge_core.training.data.camera_motion`); the variants
+are defined in :mod:`framebridge_core.tiny.variants`. Runs are reproducible and resumable, so long
+CPU trainings can be stopped and continued without changing the result; :func:`train` describes
+the checkpoints, the stopping rules and the exported file.
 """
 
 from __future__ import annotations
@@ -24,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -191,14 +183,27 @@ def _inner(net: torch.nn.Module) -> torch.nn.Module:
     return net.nwarp_model if isinstance(net, LatteNeuralPrior) else net
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
-          on_step: Optional[Callable[[int, float], None]] = None) -> Path:
-    """Run (or resume) a training run; returns the path of the exported safetensors file."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dataset = dataset if dataset is not None else _dataset(cfg)
+@dataclass
+class _Run:
+    """The state of a run between steps: what ``state.pt`` saves, plus the fixed parts of the run."""
+
+    config: LatteConfig
+    net: torch.nn.Module
+    inner: torch.nn.Module
+    neural_prior: Optional[torch.nn.Module]
+    sched: Schedules
+    opt: torch.optim.Optimizer
+    data_gen: torch.Generator
+    noise_gen: torch.Generator
+    ema: dict
+    state_path: Path
+    step: int = 0
+    elapsed: float = 0.0
+    log: list = field(default_factory=list)
+
+
+def _setup(cfg: TrainConfig, dataset, state_path: Path) -> _Run:
+    """Network (optionally warm-started), frozen neural prior, optimiser, generators and EMA."""
     num_classes = len(_motions(dataset))
     config = network_config(cfg.kind, cfg.preset, num_classes, cfg.bridge_output)
     init_gen = torch.Generator().manual_seed(cfg.seed)
@@ -218,80 +223,122 @@ def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
     data_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
     noise_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
     ema = {k: v.detach().clone().float() for k, v in inner.state_dict().items()}
-    step, elapsed, log = 0, 0.0, []
-    state_path = out / STATE_FILE
-    if resume and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        if _identity(st["config"]) != _identity(asdict(cfg)):
-            raise ConfigError(f"{state_path} was written by a different configuration; "
-                              f"start a new --out folder or pass the same options.")
-        inner.load_state_dict(st["model"])
-        ema = st["ema"]
-        opt.load_state_dict(st["optimizer"])
-        data_gen.set_state(st["data_gen"])
-        noise_gen.set_state(st["noise_gen"])
-        step, elapsed, log = st["step"], st["elapsed"], st["log"]
+    return _Run(config=config, net=net, inner=inner, neural_prior=neural_prior, sched=sched, opt=opt,
+                data_gen=data_gen, noise_gen=noise_gen, ema=ema, state_path=state_path)
 
-    def checkpoint() -> None:
-        _save_atomic({"config": asdict(cfg), "model": inner.state_dict(), "ema": ema,
-                      "optimizer": opt.state_dict(), "data_gen": data_gen.get_state(),
-                      "noise_gen": noise_gen.get_state(), "step": step, "elapsed": elapsed, "log": log},
-                     state_path)
 
+def _resume(run: _Run, cfg: TrainConfig) -> None:
+    """Restore a run from its ``state.pt``; refuses one written by a different configuration."""
+    st = torch.load(run.state_path, map_location="cpu", weights_only=False)
+    if _identity(st["config"]) != _identity(asdict(cfg)):
+        raise ConfigError(f"{run.state_path} was written by a different configuration; "
+                          f"start a new --out folder or pass the same options.")
+    run.inner.load_state_dict(st["model"])
+    run.ema = st["ema"]
+    run.opt.load_state_dict(st["optimizer"])
+    run.data_gen.set_state(st["data_gen"])
+    run.noise_gen.set_state(st["noise_gen"])
+    run.step, run.elapsed, run.log = st["step"], st["elapsed"], st["log"]
+
+
+def _checkpoint(run: _Run, cfg: TrainConfig) -> None:
+    _save_atomic({"config": asdict(cfg), "model": run.inner.state_dict(), "ema": run.ema,
+                  "optimizer": run.opt.state_dict(), "data_gen": run.data_gen.get_state(),
+                  "noise_gen": run.noise_gen.get_state(), "step": run.step, "elapsed": run.elapsed,
+                  "log": run.log},
+                 run.state_path)
+
+
+def _train_step(run: _Run, cfg: TrainConfig, dataset, autocast: bool) -> float:
+    """One optimiser step (warm-up learning rate, clipped gradients) and the EMA update; returns the loss."""
+    lr = cfg.lr * min(1.0, (run.step + 1) / max(cfg.warmup, 1))
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    video, labels = dataset.sample_batch(cfg.batch, run.data_gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = training_loss(cfg.kind, run.net, video, labels,
+                             run.sched, run.noise_gen, class_dropout=cfg.class_dropout,
+                             neural_prior=run.neural_prior, weighting=cfg.loss_weighting)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()} at step {run.step}; lower --lr.")
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+    run.opt.step()
+    run.step += 1
+    _ema_update(run.ema, run.inner, min(cfg.ema, (1 + run.step) / (10 + run.step)))
+    return loss.item()
+
+
+def _train_steps(run: _Run, cfg: TrainConfig, dataset,
+                 on_step: Optional[Callable[[int, float], None]]) -> None:
+    """Step until ``cfg.steps`` or the wall-time budget, logging and checkpointing on the way."""
+    autocast = cfg.precision == "bf16"
+    progress = _Progress(cfg.steps, cfg.log_every, run.step)
+    smooth = None
+    t_start = time.time() - run.elapsed
+    run.net.train()
+    while run.step < cfg.steps:
+        if cfg.minutes and (time.time() - t_start) / 60 >= cfg.minutes:
+            break
+        value = _train_step(run, cfg, dataset, autocast)
+        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+        run.elapsed = time.time() - t_start
+        run.log.append((run.step, value, round(run.elapsed, 2)))
+        left = cfg.minutes - run.elapsed / 60 if cfg.minutes else None
+        progress.update(run.step, smooth, left)
+        if on_step is not None:
+            on_step(run.step, value)
+        if run.step % cfg.ckpt_every == 0:
+            _checkpoint(run, cfg)
+
+
+def _write_loss_csv(log: list, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "loss", "seconds"])
+        w.writerows(log)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, dataset=None,
+          on_step: Optional[Callable[[int, float], None]] = None) -> Path:
+    """Run (or resume) a training run; returns the path of the exported safetensors file.
+
+    * Batches and noise come from generators seeded by ``cfg.seed`` (no global RNG state is
+      touched), so a run is reproducible and a resumed run continues the same random streams.
+    * An EMA of the weights is kept; it is what is exported, as the official code does.
+    * ``state.pt`` (weights, EMA, optimiser, step, generator states, loss log) is written every
+      ``ckpt_every`` steps, at the end and on Ctrl-C or SIGTERM; ``resume=True`` continues from it.
+    * The run stops at ``cfg.steps`` or after ``cfg.minutes`` of wall time, whichever comes first.
+    * ``model.safetensors`` (EMA weights, fp16 by default) is exported with metadata that names the
+      family, variant, config, data, step count and date (:func:`export`), plus ``loss.csv``.
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dataset = dataset if dataset is not None else _dataset(cfg)
+    run = _setup(cfg, dataset, out / STATE_FILE)
+    if resume and run.state_path.is_file():
+        _resume(run, cfg)
     # SIGTERM (a job scheduler, `kill`) behaves like Ctrl-C: checkpoint, then stop
     previous = signal.getsignal(signal.SIGTERM)
     if threading_is_main():
         signal.signal(signal.SIGTERM, _raise_interrupt)
-    autocast = cfg.precision == "bf16"
-    progress = _Progress(cfg.steps, cfg.log_every, step)
-    smooth = None
-    t_start = time.time() - elapsed
-    net.train()
     try:
-        while step < cfg.steps:
-            if cfg.minutes and (time.time() - t_start) / 60 >= cfg.minutes:
-                break
-            lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            video, labels = dataset.sample_batch(cfg.batch, data_gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss = training_loss(cfg.kind, net, video, labels,
-                                     sched, noise_gen, class_dropout=cfg.class_dropout,
-                                     neural_prior=neural_prior, weighting=cfg.loss_weighting)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {step}; lower --lr.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-            step += 1
-            _ema_update(ema, inner, min(cfg.ema, (1 + step) / (10 + step)))
-            value = loss.item()
-            smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
-            elapsed = time.time() - t_start
-            log.append((step, value, round(elapsed, 2)))
-            left = cfg.minutes - elapsed / 60 if cfg.minutes else None
-            progress.update(step, smooth, left)
-            if on_step is not None:
-                on_step(step, value)
-            if step % cfg.ckpt_every == 0:
-                checkpoint()
+        _train_steps(run, cfg, dataset, on_step)
     except KeyboardInterrupt:
-        checkpoint()
-        sys.stderr.write(f"\ninterrupted at step {step}; resume with --resume\n")
+        _checkpoint(run, cfg)
+        sys.stderr.write(f"\ninterrupted at step {run.step}; resume with --resume\n")
         raise
     finally:
         if threading_is_main():
             signal.signal(signal.SIGTERM, previous)
-    checkpoint()
+    _checkpoint(run, cfg)
     sys.stderr.write("\n")
-    with open(out / "loss.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss", "seconds"])
-        w.writerows(log)
-    return export(cfg, config, ema, step, elapsed, dataset, out / EXPORT_FILE)
+    _write_loss_csv(run.log, out / "loss.csv")
+    return export(cfg, run.config, run.ema, run.step, run.elapsed, dataset, out / EXPORT_FILE)
 
 
 def export(cfg: TrainConfig, config: LatteConfig, weights: dict[str, torch.Tensor], step: int,

@@ -9,14 +9,13 @@ import torch
 import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
-import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models_base
 
 from ...framebridge_core.bridge.schedule import BridgeSchedule
 from ...framebridge_core.checkpoints import load_weights_strict
 from ...framebridge_core.families.latte.frames import LatteBridgeFrames
-from ..common import comfy_attention, pick_dtypes
+from ..common import comfy_attention, new_patcher
 from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, PixelSpace, latent_space_of
 
 
@@ -75,12 +74,9 @@ def build_latte_patcher(config, state_dict: dict, weight_dtype=None, metadata=No
     space = latent_space_of(metadata)
     unet_config = dict(config.to_dict(), attention=comfy_attention)
     model_config = (LattePixelFamilyConfig if space == "pixel" else LatteFamilyConfig)(unet_config)
-    params = sum(v.numel() for v in state_dict.values())
-    load_device, dtype, manual_cast = pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
-    model_config.set_inference_dtype(dtype, manual_cast)
-    model = FrameBridgeLatte(model_config, device=mm.unet_inital_load_device(params, dtype))
+    patcher = new_patcher(model_config, FrameBridgeLatte, sum(v.numel() for v in state_dict.values()), weight_dtype)
+    model = patcher.model
     load_weights_strict(model.diffusion_model.net, state_dict, "FrameBridge-Latte bridge network")
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
     patcher.set_attachments(ATTACHMENT, BridgeInfo(
         family="latte",
         num_frames=config.num_frames,

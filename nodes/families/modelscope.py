@@ -8,13 +8,12 @@ import torch
 import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
-import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.supported_models_base
 
 from ...framebridge_core.checkpoints import load_weights_strict
 from ...framebridge_core.families.modelscope.frames import ModelScopeFrames
-from ..common import comfy_attention, pick_dtypes
+from ..common import comfy_attention, new_patcher
 
 #: attachment naming the ModelScope config of a loaded video MODEL
 ATTACHMENT = "bivdiff_video_model"
@@ -50,12 +49,8 @@ class ModelScopeVideoModel(comfy.model_base.BaseModel):
 def build_modelscope_patcher(config, state_dict: dict, weight_dtype=None):
     unet_config = dict(config.to_dict(), attention=comfy_attention)
     model_config = ModelScopeFamilyConfig(unet_config)
-    params = sum(v.numel() for v in state_dict.values())
-    load_device, dtype, manual_cast = pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
-    model_config.set_inference_dtype(dtype, manual_cast)
-    model = ModelScopeVideoModel(model_config, device=mm.unet_inital_load_device(params, dtype))
-    load_weights_strict(model.diffusion_model.net, state_dict, "ModelScope UNet3D")
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    patcher = new_patcher(model_config, ModelScopeVideoModel, sum(v.numel() for v in state_dict.values()), weight_dtype)
+    load_weights_strict(patcher.model.diffusion_model.net, state_dict, "ModelScope UNet3D")
     patcher.set_attachments(ATTACHMENT, config)
     return patcher
 

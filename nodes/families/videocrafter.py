@@ -1,17 +1,10 @@
 """FrameBridge-VideoCrafter in ComfyUI: the MODEL, and CLIP / VAE / CLIP_VISION built by ComfyUI.
 
-* :class:`FrameBridgeVideoCrafter` is a ``BaseModel`` whose ``model_sampling`` is the bridge σ
-  (:class:`.bridge.BridgeModelSampling`); it aligns the state for SAF in full precision
-  (``z = (x_t − b_i·y)/n_i``), the network gets ``t̃_i`` and returns ``eps_psi``, and
-  ``x̂0 = x_t − σ_i·F``. Text arrives as ``c_crossattn`` (CLIP Text Encode), the image latent as
-  ``fb_cond_frame`` and the CLIP ViT-H tokens as ``fb_clip_vision``, both set by Bridge Prior from
-  Image on positive *and* negative, so CFG drops only the text (docs/math.md §3.4).
-* :func:`load_videocrafter` reads the released Lightning ``.ckpt`` (or a UNet/Resampler file) and
-  returns ``(MODEL, CLIP | None, VAE | None, CLIP_VISION | None)``: the OpenCLIP-H text tower goes
-  to ComfyUI's own SD2 text encoder (penultimate layer, final LayerNorm: the official
-  ``FrozenOpenCLIPEmbedder``), the vision tower to ComfyUI's CLIP vision model (its
-  ``last_hidden_state`` is the official "all tokens before ln_post"), the VAE to ``comfy.sd.VAE``.
-* :func:`videocrafter_prior_values` is what Bridge Prior from Image attaches for this family.
+:class:`FrameBridgeVideoCrafter` is the MODEL (a ``BaseModel`` with the bridge σ as its
+``model_sampling``); :func:`load_videocrafter` reads the released checkpoint and hands the
+encoders to ComfyUI's own CLIP, CLIP vision and VAE classes, so the standard text-encode, vision
+and VAE nodes work unchanged; :func:`videocrafter_prior_values` is what Bridge Prior from Image
+attaches for this family.
 """
 
 from __future__ import annotations
@@ -50,7 +43,7 @@ from ...framebridge_core.families.videocrafter.bridge import (
 )
 from ...framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
 from ...framebridge_core.families.videocrafter.frames import VideoCrafterBridgeFrames
-from ..common import comfy_attention, pick_dtypes
+from ..common import comfy_attention, new_patcher
 from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling
 
 FAMILY = "videocrafter"
@@ -70,6 +63,15 @@ class VideoCrafterFamilyConfig(comfy.supported_models_base.BASE):
 
 
 class FrameBridgeVideoCrafter(comfy.model_base.BaseModel):
+    """A ``BaseModel`` whose ``model_sampling`` is the bridge σ (:class:`.bridge.BridgeModelSampling`).
+
+    It aligns the state for SAF in full precision (``z = (x_t − b_i·y)/n_i``), the network gets
+    ``t̃_i`` and returns ``eps_psi``, and ``x̂0 = x_t − σ_i·F``. Text arrives as ``c_crossattn``
+    (CLIP Text Encode), the image latent as ``fb_cond_frame`` and the CLIP ViT-H tokens as
+    ``fb_clip_vision``, both set by Bridge Prior from Image on positive *and* negative, so CFG
+    drops only the text (docs/math.md §3.4).
+    """
+
     def __init__(self, model_config, device=None):
         super().__init__(model_config, model_type=comfy.model_base.ModelType.EPS, device=device,
                          unet_model=VideoCrafterBridgeFrames)
@@ -127,13 +129,11 @@ def build_videocrafter_patcher(config, parts, weight_dtype=None):
         check_schedule_buffers(parts.buffers)
     model_config = VideoCrafterFamilyConfig({"config": config, "attention": comfy_attention})
     params = sum(v.numel() for v in parts.unet.values()) + sum(v.numel() for v in parts.image_proj.values())
-    load_device, dtype, manual_cast = pick_dtypes(weight_dtype, params, model_config.supported_inference_dtypes)
-    model_config.set_inference_dtype(dtype, manual_cast)
-    model = FrameBridgeVideoCrafter(model_config, device=mm.unet_inital_load_device(params, dtype))
+    patcher = new_patcher(model_config, FrameBridgeVideoCrafter, params, weight_dtype)
+    model = patcher.model
     net = model.diffusion_model.net
     load_weights_strict(net.diffusion_model, parts.unet, "FrameBridge-VideoCrafter UNet")
     load_weights_strict(net.image_proj_model, parts.image_proj, "Resampler (image_proj_model)")
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
     patcher.set_attachments(ATTACHMENT, BridgeInfo(
         family=FAMILY, num_frames=config.num_frames, latent_channels=config.latent_channels,
         latent_size=config.latent_size, num_classes=0, null_class=None, neural_prior_input=False,
@@ -247,6 +247,11 @@ def load_videocrafter(path, weight_dtype=None):
     The released Lightning ``.ckpt`` gives all four; a UNet + Resampler file gives only the MODEL
     (load the encoders with core CLIPLoader / VAELoader / CLIPVisionLoader). Raises
     :class:`CheckpointError` for other families.
+
+    The OpenCLIP-H text tower goes to ComfyUI's own SD2 text encoder (penultimate layer, final
+    LayerNorm: the official ``FrozenOpenCLIPEmbedder``), the vision tower to ComfyUI's CLIP vision
+    model (its ``last_hidden_state`` is the official "all tokens before ln_post"), the VAE to
+    ``comfy.sd.VAE``.
     """
     sd, meta = load_state_dict(path)
     info = detect_family(sd, meta)

@@ -1,21 +1,9 @@
 """Recognise a FrameBridge-Latte state dict and infer its whole config from keys and shapes.
 
-Rules (official ``framebridge-latte/models/latte.py``):
-
-* ``x_embedder.proj.weight [D, C_in, p, p]`` -> hidden size ``D``, input channels, patch size.
-* ``pos_embed [1, N, D]`` -> input size ``sqrt(N) * p``; ``temp_embed [1, F, D]`` -> frames.
-* ``t_embedder.*`` present -> bridge model (``condition_type="concat_pre"``, video frames
-  ``F - 1``); absent -> neural prior (``condition_type=None``, ``F`` frames).
-* ``y_embedder.embedding_table.weight [R, D]`` -> ``num_classes = R - 1`` with a null class
-  ``R - 1`` (official training always uses label dropout 0.1, which adds that row; UCF-101:
-  102 rows, null class 101). No table -> unconditional.
-* ``final_layer.linear.weight [p*p*C_out, D]`` -> output channels; ``C_out == 2*C_in`` means
-  ``learn_sigma``; ``C_in == 2*C_out`` is the neural-prior channel concat (8 -> 4).
-* depth = number of ``blocks.N``; mlp ratio from ``blocks.0.mlp.fc1.weight``.
-* The head count is not visible in the weights. It comes from the safetensors metadata
-  ``framebridge.num_heads`` if present, else from the official presets by hidden size
-  (1152/1024 -> 16, 768 -> 12, 384 -> 6), else ``D // 64`` (noted in ``FamilyInfo.notes``).
-* Finally every key and shape is checked against the model that config builds.
+Official checkpoints carry no config, so everything the network needs is read off the weights
+(the rules are in :func:`_detect_latte`); the head count, which the weights do not show, comes
+from metadata or the official presets (:func:`_latte_num_heads`). The inferred config is then
+checked key by key against the model it builds, so a wrong guess fails loudly before loading.
 """
 
 from __future__ import annotations
@@ -41,6 +29,12 @@ _LATTE_KEYS = ("x_embedder.proj.weight", "pos_embed", "temp_embed", "final_layer
 
 
 def _latte_num_heads(hidden: int, metadata: Mapping[str, str]) -> tuple[int, str]:
+    """``(num_heads, note)``: the head count is not visible in the weights.
+
+    It comes from the safetensors metadata ``framebridge.num_heads`` if present, else from the
+    official presets by hidden size (1152/1024 -> 16, 768 -> 12, 384 -> 6), else ``D // 64``
+    (the note goes to ``FamilyInfo.notes``).
+    """
     if META_NUM_HEADS in metadata:
         try:
             heads = int(metadata[META_NUM_HEADS])
@@ -74,14 +68,9 @@ def _latte_output(metadata: Mapping[str, str]) -> str:
     return value
 
 
-def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Optional[FamilyInfo]:
-    if not all(k in sd for k in _LATTE_KEYS):
-        return None
-    if "cond_embedder.proj.weight" in sd or any(".attn.wq." in k for k in sd):
-        raise CheckpointError(
-            "This is a Latte model with cross-attention/adaLN image conditioning "
-            "(cond_embedder / attn.wq keys), not a FrameBridge-Latte model (concat_pre); it is "
-            "not supported.")
+def _latte_shapes(sd: Mapping[str, torch.Tensor]) -> tuple[int, int, int, int, int]:
+    """``(hidden, in_channels, patch, grid, out_channels)`` from the patch embedding, ``pos_embed``
+    and the final layer (see :func:`_detect_latte`)."""
     w = sd["x_embedder.proj.weight"]
     pos, temp = sd["pos_embed"], sd["temp_embed"]
     lin = sd["final_layer.linear.weight"]
@@ -98,6 +87,33 @@ def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -
     if lin.shape[0] % (p * p):
         raise CheckpointError(f"final_layer.linear.weight {list(lin.shape)} does not fit patch size {p}.")
     out_ch = int(lin.shape[0]) // (p * p)
+    return hidden, in_ch, p, grid, out_ch
+
+
+def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Optional[FamilyInfo]:
+    """The FrameBridge-Latte config of ``sd``; rules (official ``framebridge-latte/models/latte.py``):
+
+    * ``x_embedder.proj.weight [D, C_in, p, p]`` -> hidden size ``D``, input channels, patch size.
+    * ``pos_embed [1, N, D]`` -> input size ``sqrt(N) * p``; ``temp_embed [1, F, D]`` -> frames.
+    * ``t_embedder.*`` present -> bridge model (``condition_type="concat_pre"``, video frames
+      ``F - 1``); absent -> neural prior (``condition_type=None``, ``F`` frames).
+    * ``y_embedder.embedding_table.weight [R, D]`` -> ``num_classes = R - 1`` with a null class
+      ``R - 1`` (official training always uses label dropout 0.1, which adds that row; UCF-101:
+      102 rows, null class 101). No table -> unconditional.
+    * ``final_layer.linear.weight [p*p*C_out, D]`` -> output channels; ``C_out == 2*C_in`` means
+      ``learn_sigma``; ``C_in == 2*C_out`` is the neural-prior channel concat (8 -> 4).
+    * depth = number of ``blocks.N``; mlp ratio from ``blocks.0.mlp.fc1.weight``.
+    * the head count: :func:`_latte_num_heads`.
+    * Finally every key and shape is checked against the model that config builds.
+    """
+    if not all(k in sd for k in _LATTE_KEYS):
+        return None
+    if "cond_embedder.proj.weight" in sd or any(".attn.wq." in k for k in sd):
+        raise CheckpointError(
+            "This is a Latte model with cross-attention/adaLN image conditioning "
+            "(cond_embedder / attn.wq keys), not a FrameBridge-Latte model (concat_pre); it is "
+            "not supported.")
+    hidden, in_ch, p, grid, out_ch = _latte_shapes(sd)
     block_ids = {int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
     depth = max(block_ids) + 1
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
@@ -107,7 +123,7 @@ def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -
     table = sd.get("y_embedder.embedding_table.weight")
     num_classes = int(table.shape[0]) - 1 if table is not None else 0
     heads, head_note = _latte_num_heads(hidden, metadata)
-    seq = int(temp.shape[1])
+    seq = int(sd["temp_embed"].shape[1])
     if has_t:
         if seq < 2:
             raise CheckpointError(f"temp_embed has {seq} frame(s); a concat_pre bridge model needs at least 2.")

@@ -2,41 +2,10 @@
 
 A clean re-implementation of the Latte video transformer as used by the FrameBridge UCF-101
 models (docs/math.md §4.2, §5.3). Parameter names and shapes are exactly those of the official
-checkpoints, so an official ``{"ema": state_dict}`` loads with ``strict=True``:
-
-* ``x_embedder.proj.{weight,bias}``          Conv2d patch embedding ``[D, C_in, p, p]``
-* ``t_embedder.mlp.{0,2}.{weight,bias}``     timestep MLP (absent in the neural prior)
-* ``y_embedder.embedding_table.weight``      class table ``[num_classes + 1, D]`` (last row = null class)
-* ``pos_embed`` ``[1, (S/p)^2, D]``, ``temp_embed`` ``[1, F_seq, D]``: fixed sin-cos tables. The
-  official code stores them as ``nn.Parameter(requires_grad=False)``, so they *are* in the state
-  dict; they are here too.
-* ``blocks.{i}.{attn.qkv, attn.proj, mlp.fc1, mlp.fc2, adaLN_modulation.1}.{weight,bias}``;
-  even ``i`` = spatial block, odd ``i`` = temporal block (adaLN-Zero, LayerNorms without affine).
-* ``final_layer.{linear, adaLN_modulation.1}.{weight,bias}``.
-
-The neural prior :class:`LatteNeuralPrior` wraps a :class:`LatteModel` under the attribute
-``nwarp_model`` so that its state dict carries the official ``nwarp_model.`` prefix.
-
-Layout: tensors are ``[B, F, C, H, W]`` (frames before channels), as in the official code.
-
-Bridge model input (``condition_type="concat_pre"``): the condition latent frame is *prepended*
-along frames, so a 16-frame video is fed as 17 frames ``cat([cond, x_t], dim=1)``. With the neural
-prior (``in_channels`` = 2 x latent channels) the input is additionally channel-concatenated with
-``cat([cond, coarse], dim=1)``: ``cat([[cond; x_t], [cond; coarse]], dim=2)``. The network output
-has 17 frames; frame 0 (the prepended condition slot) is meaningless and dropped: by the caller
-(``out[:, 1:]``), with ``forward(..., drop_condition_frame=True)``, or by :meth:`LatteModel.eps_psi`
-which builds the input and drops the frame in one call.
-
-The timestep fed to the bridge network is the integer bridge index ``i`` in ``0..999`` (not
-``t_i``, not a sigma); the output is the Bridge-TTS ``eps_psi`` prediction, ``x0_hat = x_t - sigma_i * eps``.
-
-ComfyUI integration hooks (the core never imports ``comfy``):
-
-* ``operations=``: a namespace providing ``Linear``, ``Conv2d``, ``LayerNorm`` and ``Embedding``
-  (default ``torch.nn``); pass ``comfy.ops.manual_cast`` / ``disable_weight_init``.
-* ``device=`` / ``dtype=``: forwarded to every layer constructor and the fixed embeddings.
-* ``attention=``: a callable ``(q, k, v) -> out`` on ``[B, heads, N, head_dim]`` tensors
-  (default :func:`torch.nn.functional.scaled_dot_product_attention`).
+checkpoints, so an official ``{"ema": state_dict}`` loads with ``strict=True``; the project's tiny
+models are the same networks at a smaller size. :class:`LatteModel` describes the parameters, the
+layout, the bridge input and the ComfyUI hooks (the core never imports ``comfy``);
+:class:`LatteNeuralPrior` the neural prior.
 """
 
 from __future__ import annotations
@@ -378,6 +347,41 @@ class LatteModel(nn.Module):
     * ``drop_condition_frame``: return ``out[:, 1:]`` (``concat_pre`` only).
 
     Returns ``[B, F, out_channels, H, W]`` (``F - 1`` frames with ``drop_condition_frame``).
+
+    Layout: tensors are ``[B, F, C, H, W]`` (frames before channels), as in the official code.
+
+    Bridge model input (``condition_type="concat_pre"``): the condition latent frame is
+    *prepended* along frames, so a 16-frame video is fed as 17 frames ``cat([cond, x_t], dim=1)``.
+    With the neural prior (``in_channels`` = 2 x latent channels) the input is additionally
+    channel-concatenated with ``cat([cond, coarse], dim=1)``:
+    ``cat([[cond; x_t], [cond; coarse]], dim=2)``. The network output has 17 frames; frame 0 (the
+    prepended condition slot) is meaningless and dropped: by the caller (``out[:, 1:]``), with
+    ``forward(..., drop_condition_frame=True)``, or by :meth:`eps_psi` which builds the input and
+    drops the frame in one call.
+
+    The timestep fed to the bridge network is the integer bridge index ``i`` in ``0..999`` (not
+    ``t_i``, not a sigma); the output is the Bridge-TTS ``eps_psi`` prediction,
+    ``x0_hat = x_t - sigma_i * eps``.
+
+    Parameters (names and shapes of the official checkpoints):
+
+    * ``x_embedder.proj.{weight,bias}``          Conv2d patch embedding ``[D, C_in, p, p]``
+    * ``t_embedder.mlp.{0,2}.{weight,bias}``     timestep MLP (absent in the neural prior)
+    * ``y_embedder.embedding_table.weight``      class table ``[num_classes + 1, D]`` (last row = null class)
+    * ``pos_embed`` ``[1, (S/p)^2, D]``, ``temp_embed`` ``[1, F_seq, D]``: fixed sin-cos tables. The
+      official code stores them as ``nn.Parameter(requires_grad=False)``, so they *are* in the state
+      dict; they are here too.
+    * ``blocks.{i}.{attn.qkv, attn.proj, mlp.fc1, mlp.fc2, adaLN_modulation.1}.{weight,bias}``;
+      even ``i`` = spatial block, odd ``i`` = temporal block (adaLN-Zero, LayerNorms without affine).
+    * ``final_layer.{linear, adaLN_modulation.1}.{weight,bias}``.
+
+    ComfyUI integration hooks:
+
+    * ``operations=``: a namespace providing ``Linear``, ``Conv2d``, ``LayerNorm`` and ``Embedding``
+      (default ``torch.nn``); pass ``comfy.ops.manual_cast`` / ``disable_weight_init``.
+    * ``device=`` / ``dtype=``: forwarded to every layer constructor and the fixed embeddings.
+    * ``attention=``: a callable ``(q, k, v) -> out`` on ``[B, heads, N, head_dim]`` tensors
+      (default :func:`torch.nn.functional.scaled_dot_product_attention`).
     """
 
     def __init__(self, config: LatteConfig, *, operations=None, device=None, dtype=None,

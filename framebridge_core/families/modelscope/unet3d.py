@@ -4,32 +4,8 @@ A clean re-implementation of the network diffusers calls ``UNet3DConditionModel`
 of BIVDiff's ZeroScope setting (its ``inference.py`` reads the pipeline's ``unet`` folder).
 Parameter names and shapes are exactly diffusers', so a local diffusers
 ``unet/diffusion_pytorch_model.safetensors`` loads with ``strict=True``; nothing is downloaded.
-
-Architecture (diffusers ``unets/unet_3d_condition.py``, ``unet_3d_blocks.py``):
-
-* time: sinusoidal features of width ``C0`` (cos first, max period 10000, no shift), then
-  ``time_embedding.linear_1`` -> SiLU -> ``linear_2`` (width ``4*C0``), shared by all frames.
-* ``conv_in`` (per frame) -> ``transformer_in`` (a temporal transformer with 8 heads of
-  ``attention_head_dim`` channels, so its inner width ``8*64=512`` differs from ``C0=320``).
-* down blocks: ``CrossAttnDownBlock3D`` for every level but the last (``DownBlock3D``). Each layer
-  is ResNet -> temporal conv -> spatial transformer (self + cross attention on the text) ->
-  temporal transformer (self attention twice, over frames). The mid block is ResNet, temporal
-  conv, then one (spatial, temporal, ResNet, temporal conv) group. Up blocks mirror the down
-  blocks with ``layers_per_block + 1`` layers and skip concatenation.
-* spatial and temporal transformers have ``C // attention_head_dim`` heads of
-  ``attention_head_dim`` channels (diffusers' swapped argument order makes the config value
-  ``attention_head_dim=64`` a head *width* here), linear in/out projections, GEGLU feed-forward.
-* Quirk kept on purpose: the temporal transformer's and the temporal conv's GroupNorms see the
-  5-D ``[B, C, F, H, W]`` tensor, so their statistics span all frames of the video, not one frame.
-* Dropout layers of the original (p=0.1 in the temporal convs) are identity at inference and are
-  left out; this module is inference-only.
-
-Layouts: :meth:`ModelScopeUNet3D.forward` takes ``[B, C, F, H, W]`` (diffusers' layout);
-:class:`ModelScopeFrames` takes frames-as-batch ``[B*F, C, H, W]`` as ComfyUI's SD-VAE families do.
-
-ComfyUI hooks (the core never imports ``comfy``): ``operations=`` provides ``Linear``,
-``Conv2d``, ``Conv3d``, ``GroupNorm`` and ``LayerNorm`` (default ``torch.nn``); ``device=`` /
-``dtype=`` go to every layer; ``attention=`` is ``(q, k, v) -> out`` on ``[B, heads, N, d]``.
+The architecture, the layouts and the ComfyUI hooks are described in :class:`ModelScopeUNet3D`
+(the core never imports ``comfy``).
 """
 
 from __future__ import annotations
@@ -385,7 +361,35 @@ class TimestepEmbedding(nn.Module):
 
 
 class ModelScopeUNet3D(nn.Module):
-    """The ModelScope / ZeroScope video UNet: ``forward(x[B,C,F,H,W], t[B], context[B,L,D]) -> ε``."""
+    """The ModelScope / ZeroScope video UNet: ``forward(x[B,C,F,H,W], t[B], context[B,L,D]) -> ε``.
+
+    Architecture (diffusers ``unets/unet_3d_condition.py``, ``unet_3d_blocks.py``):
+
+    * time: sinusoidal features of width ``C0`` (cos first, max period 10000, no shift), then
+      ``time_embedding.linear_1`` -> SiLU -> ``linear_2`` (width ``4*C0``), shared by all frames.
+    * ``conv_in`` (per frame) -> ``transformer_in`` (a temporal transformer with 8 heads of
+      ``attention_head_dim`` channels, so its inner width ``8*64=512`` differs from ``C0=320``).
+    * down blocks: ``CrossAttnDownBlock3D`` for every level but the last (``DownBlock3D``). Each
+      layer is ResNet -> temporal conv -> spatial transformer (self + cross attention on the text)
+      -> temporal transformer (self attention twice, over frames). The mid block is ResNet,
+      temporal conv, then one (spatial, temporal, ResNet, temporal conv) group. Up blocks mirror
+      the down blocks with ``layers_per_block + 1`` layers and skip concatenation.
+    * spatial and temporal transformers have ``C // attention_head_dim`` heads of
+      ``attention_head_dim`` channels (diffusers' swapped argument order makes the config value
+      ``attention_head_dim=64`` a head *width* here), linear in/out projections, GEGLU feed-forward.
+    * Quirk kept on purpose: the temporal transformer's and the temporal conv's GroupNorms see the
+      5-D ``[B, C, F, H, W]`` tensor, so their statistics span all frames of the video, not one frame.
+    * Dropout layers of the original (p=0.1 in the temporal convs) are identity at inference and
+      are left out; this module is inference-only.
+
+    Layouts: :meth:`forward` takes ``[B, C, F, H, W]`` (diffusers' layout);
+    :class:`~.frames.ModelScopeFrames` takes frames-as-batch ``[B*F, C, H, W]`` as ComfyUI's SD-VAE
+    families do.
+
+    ComfyUI hooks: ``operations=`` provides ``Linear``, ``Conv2d``, ``Conv3d``, ``GroupNorm`` and
+    ``LayerNorm`` (default ``torch.nn``); ``device=`` / ``dtype=`` go to every layer;
+    ``attention=`` is ``(q, k, v) -> out`` on ``[B, heads, N, d]``.
+    """
 
     def __init__(self, config: ModelScopeUNet3DConfig | Mapping | None = None, *, operations=None, device=None,
                  dtype=None, attention: Optional[AttentionFn] = None, **fields):

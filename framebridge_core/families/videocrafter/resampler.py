@@ -4,14 +4,7 @@ A clean re-implementation of the image projector of DynamiCrafter / FrameBridge-
 (docs/math.md §5.2, official ``lvdm/modules/encoders/resampler.py``). The 257 OpenCLIP ViT-H tokens
 (1280-d, last block, before ``ln_post``) are read by ``num_queries × video_length`` learned
 queries (16 × 16 = 256), giving 16 tokens per frame in the UNet's context width (1024).
-
-State-dict names match the official ``image_proj_model.*`` keys (prefix stripped):
-``latents [1, Q, D]``, ``proj_in``, ``proj_out``, ``norm_out``,
-``layers.{i}.0.{norm1, norm2, to_q, to_kv, to_out}`` (attention), ``layers.{i}.1.{0, 1, 3}``
-(LayerNorm, Linear, Linear of the feed-forward; index 2 is the GELU).
-
-Each attention layer lets the queries attend to ``cat([image tokens, queries])``; the official
-scales q and k by ``d^-1/4`` each before the product, which is plain ``d^-1/2`` attention.
+State-dict names match the official ``image_proj_model.*`` keys (:class:`Resampler` lists them).
 """
 
 from __future__ import annotations
@@ -57,6 +50,9 @@ class ResamplerConfig:
 
 
 class PerceiverAttention(nn.Module):
+    """The queries attend to ``cat([image tokens, queries])``; the official scales q and k by
+    ``d^-1/4`` each before the product, which is plain ``d^-1/2`` attention."""
+
     def __init__(self, dim: int, dim_head: int, heads: int, *, operations, attention: AttentionFn,
                  device=None, dtype=None):
         super().__init__()
@@ -81,7 +77,13 @@ class PerceiverAttention(nn.Module):
 
 
 class Resampler(nn.Module):
-    """``forward(image_tokens [B, N, embedding_dim]) -> [B, num_queries·video_length, output_dim]``."""
+    """``forward(image_tokens [B, N, embedding_dim]) -> [B, num_queries·video_length, output_dim]``.
+
+    State-dict names match the official ``image_proj_model.*`` keys (prefix stripped):
+    ``latents [1, Q, D]``, ``proj_in``, ``proj_out``, ``norm_out``,
+    ``layers.{i}.0.{norm1, norm2, to_q, to_kv, to_out}`` (attention, :class:`PerceiverAttention`),
+    ``layers.{i}.1.{0, 1, 3}`` (LayerNorm, Linear, Linear of the feed-forward; index 2 is the GELU).
+    """
 
     def __init__(self, config: ResamplerConfig = ResamplerConfig(), *, operations=None, device=None, dtype=None,
                  attention: Optional[AttentionFn] = None):

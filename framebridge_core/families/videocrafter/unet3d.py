@@ -1,30 +1,10 @@
 """The FrameBridge-VideoCrafter 3D UNet (DynamiCrafter-256 layout, LVDM ``openaimodel3d``).
 
-A clean re-implementation of the network of docs/math.md §5.2: a 2-D SD-style UNet run on frames folded
-into the batch (``(b t) c h w``), with
-
-* a temporal convolution block (four ``(3,1,1)`` Conv3d) at the end of every ResBlock,
-* a temporal transformer (self-attention along frames) after every spatial transformer,
-* the extra temporal transformer ``init_attn`` after the input convolution (8 heads, 1x1 Conv1d
-  projections: DynamiCrafter's ``addition_attention``),
-* image cross-attention in every spatial transformer: the context is ``[77 text tokens, 16 image
-  tokens per frame]``; text and image tokens get separate key/value projections
-  (``to_k``/``to_v`` and ``to_k_ip``/``to_v_ip``) and the image branch is added with the gate
-  ``tanh(alpha) + 1`` (``alpha`` learnable, 0 at init),
-* the frame-stride embedding ``fps_embedding`` (sinusoidal → MLP) added to the time embedding.
-
+A clean re-implementation of the network of docs/math.md §5.2: a 2-D SD-style UNet run on frames
+folded into the batch (``(b t) c h w``), with temporal layers and image cross-attention added.
 Parameter names and shapes equal the official ``model.diffusion_model.*`` keys (prefix stripped),
-so the released weights load with ``strict=True``.
-
-Layout: ``forward(x [B, C_in, T, H, W], timesteps [B] (float), context [B, L, D], fs [B])``
-returns ``[B, C_out, T, H, W]``. ``L = 77 + 16·T`` gives per-frame image tokens (the official
-hard-coded test); any other ``L`` shares ``context[:, 77:]`` with every frame, as the official code.
-
-Numerics follow the official code: GroupNorms run in float32 (``GroupNormSpecific``), attention
-is plain softmax attention with scale ``d^-1/2``. ComfyUI hooks: every layer comes from
-``operations`` (``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``, ``GroupNorm``, ``LayerNorm``),
-and ``attention(q, k, v)`` on ``[B, heads, N, d]`` is injectable (default
-``torch.nn.functional.scaled_dot_product_attention``).
+so the released weights load with ``strict=True``. :class:`UNet3D` describes the architecture, the
+layout, the numerics and the ComfyUI hooks.
 """
 
 from __future__ import annotations
@@ -384,6 +364,29 @@ class Block(nn.Sequential):
 
 
 class UNet3D(nn.Module):
+    """The FrameBridge-VideoCrafter UNet: a 2-D SD-style UNet on ``(b t) c h w`` frames, with
+
+    * a temporal convolution block (four ``(3,1,1)`` Conv3d) at the end of every ResBlock,
+    * a temporal transformer (self-attention along frames) after every spatial transformer,
+    * the extra temporal transformer ``init_attn`` after the input convolution (8 heads, 1x1 Conv1d
+      projections: DynamiCrafter's ``addition_attention``),
+    * image cross-attention in every spatial transformer: the context is ``[77 text tokens, 16 image
+      tokens per frame]``; text and image tokens get separate key/value projections
+      (``to_k``/``to_v`` and ``to_k_ip``/``to_v_ip``) and the image branch is added with the gate
+      ``tanh(alpha) + 1`` (``alpha`` learnable, 0 at init),
+    * the frame-stride embedding ``fps_embedding`` (sinusoidal → MLP) added to the time embedding.
+
+    Layout: ``forward(x [B, C_in, T, H, W], timesteps [B] (float), context [B, L, D], fs [B])``
+    returns ``[B, C_out, T, H, W]``. ``L = 77 + 16·T`` gives per-frame image tokens (the official
+    hard-coded test); any other ``L`` shares ``context[:, 77:]`` with every frame, as the official code.
+
+    Numerics follow the official code: GroupNorms run in float32 (``GroupNormSpecific``), attention
+    is plain softmax attention with scale ``d^-1/2``. ComfyUI hooks: every layer comes from
+    ``operations`` (``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``, ``GroupNorm``, ``LayerNorm``),
+    and ``attention(q, k, v)`` on ``[B, heads, N, d]`` is injectable (default
+    ``torch.nn.functional.scaled_dot_product_attention``).
+    """
+
     def __init__(self, config: UNet3DConfig = UNet3DConfig(), *, operations=None, device=None, dtype=None,
                  attention: Optional[AttentionFn] = None):
         super().__init__()

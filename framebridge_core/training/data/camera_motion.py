@@ -1,33 +1,11 @@
 """Procedural camera-motion clips rendered from still photographs, with exact ground truth.
 
-A clip is a virtual camera looking at a flat source image. Frame 0 shows a square *window* of the
-source (side ``window`` source pixels, centred on ``center``); later frames apply one of
-:data:`MOTIONS` with uniform speed, as an exact affine map sampled with
-``torch.nn.functional.grid_sample`` (bilinear, ``align_corners=False``) from the source itself, so
-content that enters at a border is real image content from outside frame 0's view.
-
-Coordinates: source pixel ``(i, j)`` covers ``[j, j+1] x [i, i+1]`` (x right, y down), so pixel
-centres sit at half-integers. Output pixel ``(r, c)`` of a ``size`` x ``size`` frame has the
-screen offset ``p = ((c + 0.5) / size - 0.5, (r + 0.5) / size - 0.5)`` in units of the window,
-and frame ``k`` (``t = k / (frames - 1)``) samples the source at::
-
-    q = center + window * (shift_k + matrix_k @ p)
-
-with ``shift_k``/``matrix_k`` from :func:`camera_path`:
-
-* pans move the camera by ``PAN_FRACTION * strength`` of the frame width over the clip
-  (``shift = t * PAN_FRACTION * strength * direction``);
-* zooms scale the view by ``ZOOM_FACTOR ** strength`` over the clip, geometrically (constant
-  relative speed): zoom-in ``matrix = Z ** -t * I``, zoom-out ``matrix = Z ** t * I``;
-* rotations turn the content by ``ROTATION_DEGREES * strength`` about the frame centre; on screen
-  (y down) rotate-cw turns content clockwise: ``matrix = R(-angle * t)`` for cw, ``R(+angle * t)``
-  for ccw, with ``R(a) = [[cos a, -sin a], [sin a, cos a]]``.
-
-The magnitudes are fixed per class, so the future of a clip is determined by frame 0 and the
-class. Views are kept inside the source (the window shrinks and the centre moves until every frame's
-footprint fits); when the window covers more than ``1.2 * size`` source pixels the source is first
-resized with an antialiasing filter (two levels blended per frame for zooms), so downscaled clips do
-not shimmer.
+A clip is a virtual camera looking at a flat source image: frame 0 shows a square window of the
+source, later frames apply one of :data:`MOTIONS` with uniform speed as an exact affine map sampled
+from the source itself. Content that enters at a border is therefore real image content from
+outside frame 0's view, and the future of a clip is determined by frame 0 and the class, which is
+what the tiny models learn and are scored on. The geometry is given in :func:`camera_path`, the
+view rules in :func:`render_clip` and the sampling and antialiasing in :func:`_render`.
 """
 
 from __future__ import annotations
@@ -150,9 +128,22 @@ def _check_size(size) -> int:
 def camera_path(motion, frames: int = 16, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact per-frame camera transform: ``(shift [frames, 2], matrix [frames, 2, 2])`` (float64).
 
-    Frame ``k`` samples the source at ``center + window * (shift[k] + matrix[k] @ p)`` for the
-    screen offset ``p`` (in window units, ``[-0.5, 0.5]^2``, x right, y down). Frame 0 is always
-    ``shift = 0, matrix = I``.
+    Coordinates: source pixel ``(i, j)`` covers ``[j, j+1] x [i, i+1]`` (x right, y down), so pixel
+    centres sit at half-integers. Output pixel ``(r, c)`` of a ``size`` x ``size`` frame has the
+    screen offset ``p = ((c + 0.5) / size - 0.5, (r + 0.5) / size - 0.5)`` in units of the window
+    (``[-0.5, 0.5]^2``), and frame ``k`` (``t = k / (frames - 1)``) samples the source at::
+
+        q = center + window * (shift[k] + matrix[k] @ p)
+
+    Frame 0 is always ``shift = 0, matrix = I``. The magnitudes are fixed per class:
+
+    * pans move the camera by ``PAN_FRACTION * strength`` of the frame width over the clip
+      (``shift = t * PAN_FRACTION * strength * direction``);
+    * zooms scale the view by ``ZOOM_FACTOR ** strength`` over the clip, geometrically (constant
+      relative speed): zoom-in ``matrix = Z ** -t * I``, zoom-out ``matrix = Z ** t * I``;
+    * rotations turn the content by ``ROTATION_DEGREES * strength`` about the frame centre; on
+      screen (y down) rotate-cw turns content clockwise: ``matrix = R(-angle * t)`` for cw,
+      ``R(+angle * t)`` for ccw, with ``R(a) = [[cos a, -sin a], [sin a, cos a]]``.
     """
     name = motion_name(motion)
     frames = _check_frames(frames)
@@ -286,7 +277,13 @@ def _render(
     flip: bool,
     antialias: bool,
 ) -> torch.Tensor:
-    """[frames, 3, size, size] in 0..1 for a view that was already checked/fitted."""
+    """[frames, 3, size, size] in 0..1 for a view that was already checked/fitted.
+
+    Samples with ``torch.nn.functional.grid_sample`` (bilinear, ``align_corners=False``). With
+    ``antialias``, a window wider than ``1.2 * size`` source pixels is sampled from a source first
+    resized with an antialiasing filter (two levels blended per frame for zooms), so downscaled
+    clips do not shimmer.
+    """
     h, w = source.shape[-2:]
     frames, size = plan.frames, plan.size
     # Normalised sampling coordinates (align_corners=False: u = 2 x / W - 1).
@@ -331,6 +328,48 @@ def _check_source(source) -> torch.Tensor:
     return source.detach().to(torch.float32).cpu()
 
 
+def _initial_window(h: int, w: int, center, frames: int, strength: float):
+    """``(window, center)`` when no window is given: the largest that fits every motion."""
+    if center is None:
+        return default_view((h, w), frames, strength)
+    window = _largest_window_at((h, w), center, frames, strength)
+    if window < 1.0:
+        raise ConfigError(
+            f"center={center!r} is on or outside the border of the {w}x{h} source, so no view fits "
+            "around it; pick a centre inside the image or also pass window=."
+        )
+    return window, center
+
+
+def _resolve_view(h: int, w: int, motion: int, center, window, frames: int, strength: float,
+                  clamp: bool) -> tuple[float, float, float]:
+    """``(window, cx, cy)`` of frame 0 from :func:`render_clip`'s arguments, checked (and fitted)."""
+    if window is None:
+        window, center = _initial_window(h, w, center, frames, strength)
+    elif center is None:
+        center = (w / 2.0, h / 2.0)
+    try:
+        window = float(window)
+        cx, cy = float(center[0]), float(center[1])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"window={window!r}, center={center!r} are invalid; expected a number and an (x, y) pair in source pixels."
+        ) from exc
+    if not (math.isfinite(window) and window > 0 and math.isfinite(cx) and math.isfinite(cy)):
+        raise ConfigError(
+            f"window={window!r}, center={center!r} are invalid; expected a window > 0 and a finite "
+            f"(x, y) centre in source pixels (the source is {w}x{h})."
+        )
+    if clamp:
+        window, (cx, cy) = fit_view((h, w), motion, window, (cx, cy), frames, strength)
+        if window < 1.0:
+            raise ConfigError(
+                f"center={center!r} leaves no room for the motion inside the {w}x{h} source; pick a "
+                "centre further from the border or pass clamp=False."
+            )
+    return window, cx, cy
+
+
 def render_clip(
     source: torch.Tensor,
     motion,
@@ -345,6 +384,9 @@ def render_clip(
     clamp: bool = True,
 ) -> torch.Tensor:
     """Render one clip ``[frames, 3, size, size]`` in ``[-1, 1]``; frame 0 is the un-moved view.
+
+    Frame ``k`` samples the source as :func:`camera_path` describes. Views are kept inside the
+    source: the window shrinks and the centre moves until every frame's footprint fits.
 
     Args:
         source: RGB image ``[3, h, w]`` in 0..1.
@@ -364,37 +406,7 @@ def render_clip(
     idx = motion_index(motion)
     size, frames, strength = _check_size(size), _check_frames(frames), _check_strength(strength)
     h, w = src.shape[-2:]
-    if window is None:
-        if center is None:
-            window, center = default_view((h, w), frames, strength)
-        else:
-            window = _largest_window_at((h, w), center, frames, strength)
-            if window < 1.0:
-                raise ConfigError(
-                    f"center={center!r} is on or outside the border of the {w}x{h} source, so no view fits "
-                    "around it; pick a centre inside the image or also pass window=."
-                )
-    elif center is None:
-        center = (w / 2.0, h / 2.0)
-    try:
-        window = float(window)
-        cx, cy = float(center[0]), float(center[1])
-    except (TypeError, ValueError, IndexError) as exc:
-        raise ConfigError(
-            f"window={window!r}, center={center!r} are invalid; expected a number and an (x, y) pair in source pixels."
-        ) from exc
-    if not (math.isfinite(window) and window > 0 and math.isfinite(cx) and math.isfinite(cy)):
-        raise ConfigError(
-            f"window={window!r}, center={center!r} are invalid; expected a window > 0 and a finite "
-            f"(x, y) centre in source pixels (the source is {w}x{h})."
-        )
-    if clamp:
-        window, (cx, cy) = fit_view((h, w), idx, window, (cx, cy), frames, strength)
-        if window < 1.0:
-            raise ConfigError(
-                f"center={center!r} leaves no room for the motion inside the {w}x{h} source; pick a "
-                "centre further from the border or pass clamp=False."
-            )
+    window, cx, cy = _resolve_view(h, w, idx, center, window, frames, strength, clamp)
     clip = _render(src, _plan(idx, frames, size, strength), window, cx, cy, bool(flip), bool(antialias))
     return clip.mul(2.0).sub_(1.0).clamp_(-1.0, 1.0)
 
@@ -411,6 +423,40 @@ def to_uint8_frames(video: torch.Tensor):
 
 
 # ----------------------------------------------------------------------------- dataset
+
+
+def _motion_ids(motions) -> tuple[int, ...]:
+    """Distinct class ids of ``motions`` (names or ids, or a single one), in the given order."""
+    if isinstance(motions, (str, int)):
+        motions = (motions,)
+    ids: list[int] = []
+    for m in motions:
+        i = motion_index(m)
+        if i not in ids:
+            ids.append(i)
+    if not ids:
+        raise ConfigError(f"motions={motions!r} is empty; allowed: any non-empty subset of {', '.join(MOTIONS)}.")
+    return tuple(ids)
+
+
+def _dataset_sources(split: str, sources, include: Iterable[str], num_textures: int
+                     ) -> tuple[list[str], list[torch.Tensor]]:
+    """``(names, images)`` of a dataset's sources (see :class:`CameraMotionDataset`)."""
+    if sources is None:
+        names = list_sources(split, include=include, num_textures=num_textures)
+        images = [load_source(n) for n in names]
+    elif isinstance(sources, Mapping):
+        names = [str(n) for n in sources]
+        images = [_check_source(sources[n]) for n in sources]
+    else:
+        names = [str(n) for n in sources]
+        images = [load_source(n) for n in names]
+    if not names:
+        raise ConfigError(
+            f"no source images for split={split!r} (include={tuple(include)!r}, num_textures={num_textures}); "
+            "include 'textures' or raise num_textures."
+        )
+    return names, images
 
 
 class CameraMotionDataset:
@@ -459,34 +505,12 @@ class CameraMotionDataset:
             )
         self.window_range = (lo, hi)
         self.flip, self.antialias = bool(flip), bool(antialias)
-        if isinstance(motions, (str, int)):
-            motions = (motions,)
-        ids: list[int] = []
-        for m in motions:
-            i = motion_index(m)
-            if i not in ids:
-                ids.append(i)
-        if not ids:
-            raise ConfigError(f"motions={motions!r} is empty; allowed: any non-empty subset of {', '.join(MOTIONS)}.")
         #: Class ids drawn by this dataset (labels are ids into :attr:`motions`).
-        self.motion_ids = tuple(ids)
+        self.motion_ids = _motion_ids(motions)
         #: The label vocabulary: label ``i`` is ``motions[i]`` (always the full :data:`MOTIONS`).
         self.motions = MOTIONS
 
-        if sources is None:
-            names = list_sources(split, include=include, num_textures=num_textures)
-            images = [load_source(n) for n in names]
-        elif isinstance(sources, Mapping):
-            names = [str(n) for n in sources]
-            images = [_check_source(sources[n]) for n in sources]
-        else:
-            names = [str(n) for n in sources]
-            images = [load_source(n) for n in names]
-        if not names:
-            raise ConfigError(
-                f"no source images for split={split!r} (include={tuple(include)!r}, num_textures={num_textures}); "
-                "include 'textures' or raise num_textures."
-            )
+        names, images = _dataset_sources(split, sources, include, num_textures)
         self.source_names: tuple[str, ...] = tuple(names)
         self.images: tuple[torch.Tensor, ...] = tuple(images)
         self.seed = int(seed)

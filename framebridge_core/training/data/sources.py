@@ -1,22 +1,11 @@
 """Source photographs and procedural textures for the camera-motion dataset.
 
 Every source is an RGB float tensor ``[3, h, w]`` in ``0..1`` whose short side is
-:data:`SHORT_SIDE` pixels (antialiased resize), addressed by a stable name:
-
-* ``skimage:<name>`` -- scikit-image's sample images that ship inside the wheel (images that would
-  need a download are skipped without touching the network);
-* ``sklearn:<file>`` -- scikit-learn's ``load_sample_images()`` (``china.jpg``, ``flower.jpg``);
-* ``templates:<file>`` -- the ``.webp`` previews inside ``comfyui_workflow_templates_media_image``
-  (first frame of animated files; files under 96 px or nearly flat are skipped);
-* ``texture:<k>`` -- seeded procedural textures (plasma noise, gradients, shapes, stripes,
-  checkers), always available, so the dataset works without any optional package.
-
-scikit-image, scikit-learn, Pillow and the templates wheel are optional and imported lazily.
-
-The train/test split is by source image and deterministic: SHA-256 of the split key (the name;
-for templates the template stem without its ``-1``/``-2`` suffix, so an edit workflow's input and
-output previews land in the same split) gives a number in ``[0, 1)``; below :data:`TEST_FRACTION`
-means test. :data:`FORCED_TEST_SOURCES` (the demo image) is always test.
+:data:`SHORT_SIDE` pixels (antialiased resize), addressed by a stable name (the kinds are listed
+in :func:`list_sources`). Procedural textures are always available, so the dataset works without
+any optional package; scikit-image, scikit-learn, Pillow and the templates wheel are optional and
+imported lazily. The train/test split is by source image and deterministic (:func:`split_of`), so
+evaluation images are never trained on.
 """
 
 from __future__ import annotations
@@ -111,7 +100,13 @@ def split_key(name: str) -> str:
 
 
 def split_of(name: str) -> str:
-    """``"train"`` or ``"test"`` for a source name; stable across runs, machines and Python versions."""
+    """``"train"`` or ``"test"`` for a source name; stable across runs, machines and Python versions.
+
+    SHA-256 of the split key (:func:`split_key`: the name; for templates the template stem without
+    its ``-1``/``-2`` suffix, so an edit workflow's input and output previews land in the same
+    split) gives a number in ``[0, 1)``; below :data:`TEST_FRACTION` means test.
+    :data:`FORCED_TEST_SOURCES` (the demo image) is always test.
+    """
     if name in FORCED_TEST_SOURCES:
         return "test"
     digest = hashlib.sha256(("framebridge-split/" + split_key(name)).encode("utf-8")).digest()
@@ -446,6 +441,14 @@ def list_sources(
     num_textures: int = DEFAULT_NUM_TEXTURES,
 ) -> list[str]:
     """Names of the sources of one split (``"train"``, ``"test"`` or ``"all"``), in a stable order.
+
+    * ``skimage:<name>`` -- scikit-image's sample images that ship inside the wheel (images that
+      would need a download are skipped without touching the network);
+    * ``sklearn:<file>`` -- scikit-learn's ``load_sample_images()`` (``china.jpg``, ``flower.jpg``);
+    * ``templates:<file>`` -- the ``.webp`` previews inside ``comfyui_workflow_templates_media_image``
+      (first frame of animated files; files under 96 px or nearly flat are skipped);
+    * ``texture:<k>`` -- seeded procedural textures (plasma noise, gradients, shapes, stripes,
+      checkers), always available.
 
     Real kinds whose package is missing contribute nothing. Listing a real kind loads (and caches)
     its images once, since only images that decode and pass the filters are listed.
