@@ -11,6 +11,7 @@ type each family provides for that.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -177,6 +178,8 @@ def load_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
     missing, empty, truncated, corrupt, unsafe or non-state-dict file.
     """
     path = Path(path)
+    if path.is_dir():
+        return load_diffusers_folder(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint file not found: '{path}'. Check the path and the model folder.")
     size = path.stat().st_size
@@ -203,6 +206,42 @@ def load_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
         state_dict, container = _unwrap(obj, path)
     if container is not None:
         metadata["container"] = container
+    return state_dict, metadata
+
+
+def diffusers_weight_files(folder: Path) -> list[Path]:
+    """The safetensors of a diffusers model folder: the shards its index names, else its one weights file."""
+    index = sorted(folder.glob("*.safetensors.index.json"))
+    if index:
+        try:
+            names = sorted(set(json.loads(index[0].read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"'{index[0].name}' in '{folder.name}' is not a readable shard index ({e}).") from e
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(f"the model folder '{folder.name}' lacks {len(missing)} shard(s) its index names: "
+                                  f"{', '.join(missing[:4])}. Copy the whole folder again.")
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"the folder '{folder.name}' holds no .safetensors weights (a diffusers model folder has "
+                              f"config.json and diffusion_pytorch_model*.safetensors).")
+    return files
+
+
+def load_diffusers_folder(folder: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(state_dict, metadata)`` of a diffusers model folder; ``metadata["config"]`` is its config.json text."""
+    folder = Path(folder)
+    state_dict: dict[str, torch.Tensor] = {}
+    metadata: dict[str, str] = {}
+    for f in diffusers_weight_files(folder):
+        part, meta = _read_safetensors(f)
+        state_dict.update(part)
+        metadata.update(meta)
+    config = folder / "config.json"
+    if config.is_file():
+        metadata["config"] = config.read_text(encoding="utf-8")
+    metadata["format"] = "diffusers-folder"
     return state_dict, metadata
 
 
@@ -264,6 +303,7 @@ def load_weights_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor
 
 
 __all__ = [
-    "CONTAINER_KEYS", "FamilyDetector", "FamilyInfo", "STRIP_PREFIXES", "check_state_dict", "load_state_dict",
+    "CONTAINER_KEYS", "FamilyDetector", "FamilyInfo", "STRIP_PREFIXES", "check_state_dict", "diffusers_weight_files",
+    "load_diffusers_folder", "load_state_dict",
     "load_weights_strict", "normalize_state_dict",
 ]

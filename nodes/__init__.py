@@ -6,14 +6,14 @@ from __future__ import annotations
 def node_classes() -> list:
     """Every node class of the pack, in menu order."""
     from .bivdiff import NODES as BIVDIFF_NODES
-    from .conditioning import CameraMotion, FrameStride, UCF101Class
-    from .loaders import LoadFrameBridge, LoadFrameBridgeCheckpoint, LoadNeuralPrior
+    from .conditioning import CameraMotion, CogVideoXTextEncode, FrameStride, UCF101Class
+    from .loaders import LoadCogVideoXVAE, LoadFrameBridge, LoadFrameBridgeCheckpoint, LoadNeuralPrior
     from .prior import BridgePriorFromImage, NeuralPrior
     from .sampler import BridgeSamplerNode, BridgeSamplerSelect, BridgeScheduleNode
 
     return [LoadFrameBridge, LoadNeuralPrior, UCF101Class, CameraMotion, BridgePriorFromImage, NeuralPrior,
             BridgeSamplerNode, BridgeSamplerSelect, BridgeScheduleNode, *BIVDIFF_NODES, LoadFrameBridgeCheckpoint,
-            FrameStride]
+            FrameStride, LoadCogVideoXVAE, CogVideoXTextEncode]
 
 
 def create_extension():

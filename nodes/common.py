@@ -7,8 +7,9 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
-#: the weight_dtype input of the loaders
-WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: the weight_dtype input of the loaders; fp8 stores the weights in 8 bits and computes in bf16/fp16 (core's manual cast)
+WEIGHT_DTYPES = {"default": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                 "fp8_e4m3fn": torch.float8_e4m3fn}
 
 
 def comfy_attention(q, k, v):

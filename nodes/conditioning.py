@@ -1,5 +1,5 @@
-"""Conditioning nodes: class labels for the class-conditional models (UCF-101, camera motion) and the
-FrameBridge-VideoCrafter frame stride."""
+"""Conditioning nodes: class labels for the class-conditional models (UCF-101, camera motion), the
+FrameBridge-VideoCrafter frame stride and FrameBridge-CogVideoX's 226-token T5 text encoding."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from comfy_api.latest import io
 import node_helpers
 
 from ..framebridge_core.labels import CAMERA_MOTIONS, UCF101_CLASSES, UCF101_NULL_CLASS
+from .families.cogvideox import t5_tokens
 
 #: "the null class of the model it meets": resolved by the model (its last class-table row)
 NULL_LABEL = -1
@@ -99,3 +100,28 @@ class FrameStride(io.ComfyNode):
         values = {"fb_fs": int(frame_stride)}
         return io.NodeOutput(node_helpers.conditioning_set_values(positive, values),
                              node_helpers.conditioning_set_values(negative, values))
+
+
+class CogVideoXTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FB_CogVideoXTextEncode",
+            display_name="CogVideoX Text Encode",
+            category="FrameBridge/conditioning",
+            description=("Encodes a prompt with a T5-XXL CLIP the way FrameBridge-CogVideoX was trained: exactly 226 "
+                         "tokens (padded, or cut with the end token kept), no attention mask. Core CLIP Text Encode "
+                         "pads T5 to 77 tokens, which this model cannot take."),
+            inputs=[io.Clip.Input("clip", tooltip="T5-v1.1-XXL from CLIPLoader (type sd3, or cogvideox where the host has it)."),
+                    io.String.Input("text", multiline=True, dynamic_prompts=True,
+                                    tooltip="The prompt. Use an empty text for the negative (the official setting)."),
+                    io.Int.Input("tokens", default=226, min=1, max=4096,
+                                 tooltip="Text length the transformer was trained with (CogVideoX-2B: 226).")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, tokens=226) -> io.NodeOutput:
+        if clip is None:
+            raise ValueError("CogVideoX Text Encode: the clip input is empty; connect a CLIPLoader with a t5xxl file.")
+        return io.NodeOutput(clip.encode_from_tokens_scheduled(t5_tokens(clip, text, int(tokens))))

@@ -1,5 +1,5 @@
-"""Load FrameBridge (a bridge network as MODEL), Load Neural Prior (FB_PRIOR_NET) and Load FrameBridge
-Checkpoint (the all-in-one VideoCrafter file: MODEL, CLIP, VAE, CLIP_VISION)."""
+"""Load FrameBridge (a bridge network as MODEL), Load Neural Prior (FB_PRIOR_NET), Load FrameBridge
+Checkpoint (the all-in-one VideoCrafter file: MODEL, CLIP, VAE, CLIP_VISION) and Load CogVideoX VAE."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ import comfy.model_patcher
 
 from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict, normalize_state_dict
 from ..framebridge_core.families import detect_family
+from ..framebridge_core.families.cogvideox.checkpoint import COGVIDEOX
 from ..framebridge_core.families.latte.checkpoint import LATTE_BRIDGE, LATTE_NEURAL_PRIOR
 from ..framebridge_core.errors import CheckpointError
 from ..framebridge_core.families.latte.frames import LatteNeuralPriorFrames
 from ..framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
 from .common import WEIGHT_DTYPES, comfy_attention
 from .families.bridge import latent_space_of
+from .families.cogvideox import build_cogvideox_patcher, load_cogvideox_vae
 from .families.latte import build_latte_patcher
 from .families.videocrafter import build_videocrafter_patcher, load_videocrafter
-from .paths import full_path, model_files, model_fingerprint
+from .paths import file_fingerprint, full_path, model_files, model_fingerprint
 
 CATEGORY = "FrameBridge/loaders"
 
@@ -64,16 +66,18 @@ class LoadFrameBridge(io.ComfyNode):
                 "Loads a FrameBridge image-to-video bridge model from models/framebridge (or any folder "
                 "named 'framebridge' in extra_model_paths.yaml). The model family and size are read from "
                 "the weights, not the file name. Supported: FrameBridge-Latte (UCF-101, with or without "
-                "neural prior) and the bundled tiny camera-motion models "
-                "(pixel space: use the 'pixel_space' VAE). Neural prior files go in 'Load Neural Prior'."
+                "neural prior), the bundled tiny camera-motion models (pixel space: use the 'pixel_space' VAE), "
+                "FrameBridge-VideoCrafter (UNet file) and FrameBridge-CogVideoX-2B (the released transformer/ folder, "
+                "listed as '<folder>/', or one .safetensors of its keys). Neural prior files go in 'Load Neural Prior'."
             ),
             inputs=[
                 io.Combo.Input("ckpt_name", options=model_files(),
-                               tooltip="Weights file in models/framebridge: the official {\"ema\": ...} .pt "
-                                       "or a .safetensors."),
+                               tooltip="Weights in models/framebridge: the official {\"ema\": ...} .pt, a .safetensors, "
+                                       "or a diffusers model folder (config.json + shards) shown as '<folder>/'."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
                                tooltip="Precision of the weights. 'default' lets ComfyUI choose for your device "
-                                       "(the official Latte model ran in fp32)."),
+                                       "(the official Latte model ran in fp32; FrameBridge-CogVideoX in bf16: "
+                                       "fp16/bf16 halve its 6.8 GB of fp32 weights)."),
             ],
             outputs=[io.Model.Output(tooltip="The bridge network as a ComfyUI MODEL: use it with Bridge Sampler "
                                              "or a CFGGuider + Bridge SAMPLER in SamplerCustomAdvanced.")],
@@ -100,9 +104,11 @@ class LoadFrameBridge(io.ComfyNode):
         if info.name == VIDEOCRAFTER:
             return io.NodeOutput(build_videocrafter_patcher(info.config, split_checkpoint(sd),
                                                             WEIGHT_DTYPES[weight_dtype]))
+        if info.name == COGVIDEOX:
+            return io.NodeOutput(build_cogvideox_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
         if info.name != LATTE_BRIDGE:
             raise CheckpointError(f"'{ckpt_name}' is a '{info.name}' checkpoint; Load FrameBridge supports "
-                                  f"FrameBridge-Latte bridge models.")
+                                  f"FrameBridge-Latte, -VideoCrafter and -CogVideoX bridge models.")
         return io.NodeOutput(build_latte_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype], meta))
 
 
@@ -183,3 +189,43 @@ class LoadFrameBridgeCheckpoint(io.ComfyNode):
                 f"checkpoint, or load this file with 'Load FrameBridge' and the encoders with the core CLIP Loader "
                 f"(type stable_diffusion), Load VAE and Load CLIP Vision nodes.")
         return io.NodeOutput(model, clip, vae, clip_vision)
+
+
+class LoadCogVideoXVAE(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import folder_paths
+
+        return io.Schema(
+            node_id="FB_LoadCogVideoXVAE",
+            display_name="Load CogVideoX VAE",
+            category=CATEGORY,
+            description=(
+                "Loads the CogVideoX 3-D causal VAE (the vae/ weights of CogVideoX-2B, e.g. renamed "
+                "cogvideox_2b_vae.safetensors) from models/vae as a VAE for core VAE Encode / VAE Decode and "
+                "'Bridge Prior from Image'. An IMAGE batch of 4k+1 frames is one video. ComfyUI 0.3.64's own "
+                "Load VAE cannot read this file."
+            ),
+            inputs=[
+                io.Combo.Input("vae_name", options=folder_paths.get_filename_list("vae"),
+                               tooltip="diffusion_pytorch_model.safetensors of CogVideoX-2b/vae, in models/vae."),
+                io.Boolean.Input("tiled", default=True,
+                                 tooltip="Encode and decode in overlapping tiles exactly as the official pipeline "
+                                         "(diffusers enable_tiling; it tiles from 256 px up). Needed for official "
+                                         "results and lets 256x256x17 decode in under 8 GB of VRAM; off = untiled."),
+                io.Combo.Input("dtype", options=["default", "fp32", "bf16", "fp16"], default="default",
+                               tooltip="VAE precision. 'default' lets ComfyUI choose (bf16 on most GPUs)."),
+            ],
+            outputs=[io.Vae.Output()],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, vae_name, tiled, dtype):
+        return file_fingerprint("vae", vae_name), tiled, dtype
+
+    @classmethod
+    def execute(cls, vae_name, tiled, dtype) -> io.NodeOutput:
+        import folder_paths
+
+        path = folder_paths.get_full_path_or_raise("vae", vae_name)
+        return io.NodeOutput(load_cogvideox_vae(path, tiled=tiled, dtype=WEIGHT_DTYPES[dtype]))

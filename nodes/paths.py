@@ -28,9 +28,23 @@ def register_model_folder() -> None:
     folder_paths.folder_names_and_paths[FOLDER] = (paths, known)
 
 
+def _diffusers_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
 def model_files() -> list[str]:
+    """Weight files of the framebridge folders; a diffusers model folder (config.json + shards) is one
+    entry ``<folder>/`` instead of its shard files."""
     register_model_folder()
-    return folder_paths.get_filename_list(FOLDER)
+    out, folders = [], []
+    for name in folder_paths.get_filename_list(FOLDER):
+        parent = os.path.dirname(name)
+        if parent and any(_diffusers_folder(os.path.join(root, parent)) for root in folder_paths.get_folder_paths(FOLDER)):
+            if parent + "/" not in folders:
+                folders.append(parent + "/")
+        else:
+            out.append(name)
+    return folders + out
 
 
 def file_fingerprint(folder: str, name: str):
@@ -45,11 +59,25 @@ def file_fingerprint(folder: str, name: str):
 
 
 def model_fingerprint(name: str):
-    """:func:`file_fingerprint` of a file in the framebridge folder."""
+    """:func:`file_fingerprint` of a file in the framebridge folder (for a folder entry: its files' newest change)."""
     register_model_folder()
+    if name.endswith("/"):
+        try:
+            path = full_path(name)
+            stats = [os.stat(os.path.join(path, f)) for f in sorted(os.listdir(path))]
+            return (path, max(s.st_mtime for s in stats), sum(s.st_size for s in stats))
+        except Exception:
+            return float("nan")
     return file_fingerprint(FOLDER, name)
 
 
 def full_path(name: str) -> str:
+    """The file, or for a ``<folder>/`` entry the diffusers model folder, of a model list entry."""
     register_model_folder()
+    if name.endswith("/"):
+        for root in folder_paths.get_folder_paths(FOLDER):
+            path = os.path.join(root, name.rstrip("/"))
+            if _diffusers_folder(path):
+                return path
+        raise FileNotFoundError(f"model folder '{name}' not found in {FOLDER} (it needs a config.json).")
     return folder_paths.get_full_path_or_raise(FOLDER, name)

@@ -12,6 +12,7 @@ import node_helpers
 from ..framebridge_core.errors import ConfigError, ShapeError
 from .loaders import PriorNet
 from .families.bridge import LATENT_FORMATS, bridge_info
+from .families.cogvideox import check_text, cogvideox_prior
 from .families.videocrafter import videocrafter_prior_values
 
 CATEGORY = "FrameBridge"
@@ -52,12 +53,14 @@ class BridgePriorFromImage(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The FrameBridge model from 'Load FrameBridge' (its size and frame count are read from it)."),
-                io.Vae.Input("vae", tooltip="The VAE the model was trained with (FrameBridge-Latte: sd-vae-ft-ema, a 4-channel SD VAE)."),
+                io.Vae.Input("vae", tooltip="The VAE the model was trained with (FrameBridge-Latte: sd-vae-ft-ema, a 4-channel "
+                                           "SD VAE; FrameBridge-CogVideoX: 'Load CogVideoX VAE')."),
                 io.Image.Input("image", tooltip="The first frame. A batch of N images makes N videos."),
                 io.Conditioning.Input("positive", tooltip="Conditioning to attach the image to (e.g. from 'FrameBridge UCF-101 Class')."),
                 io.Conditioning.Input("negative", tooltip="Unconditional branch of guidance; gets the same image."),
                 io.Int.Input("length", default=16, min=1, max=512,
-                             tooltip="Frames per video. FrameBridge-Latte always makes 16 (its frame embedding is fixed)."),
+                             tooltip="Frames per video. FrameBridge-Latte and -VideoCrafter always make 16 (fixed by the "
+                                     "network); FrameBridge-CogVideoX takes 4k+1 frames and was trained on 17."),
                 io.Combo.Input("resize", options=list(RESIZE_MODES), default="center crop",
                                tooltip="How to bring the image to the model's resolution: resize the short side "
                                        "and crop the centre (the official preprocessing), stretch, or require an exact fit."),
@@ -75,6 +78,8 @@ class BridgePriorFromImage(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, image, positive, negative, length, resize, clip_vision_output=None) -> io.NodeOutput:
         info = require_bridge_model(model, "Bridge Prior from Image")
+        if info.family == "cogvideox":
+            return _cogvideox(model, vae, image, positive, negative, length, resize, info)
         if length != info.num_frames:
             raise ShapeError(
                 f"length={length} is not possible for this model: FrameBridge-{info.family.capitalize()} makes "
@@ -109,6 +114,22 @@ class BridgePriorFromImage(io.ComfyNode):
         positive = node_helpers.conditioning_set_values(positive, values)
         negative = node_helpers.conditioning_set_values(negative, values)
         return io.NodeOutput(positive, negative, {"samples": prior})
+
+
+def _cogvideox(model, vae, image, positive, negative, length, resize, info) -> io.NodeOutput:
+    """FrameBridge-CogVideoX: the static ``length``-frame clip VAE-encoded is both the prior and the
+    channel-concatenated condition (``[images, 16, frames, h, w]``); sizes other than 256² are allowed."""
+    check_text(model, positive, "positive")
+    check_text(model, negative, "negative")
+    pixels = image[..., :3]
+    if resize != "none":
+        side = info.latent_size * 8
+        pixels = _fit_image(pixels, side, resize)
+    prior = cogvideox_prior(model, vae, pixels, length).to(mm.intermediate_device())
+    values = {"fb_cond_frame": prior, "fb_neural_prior": False}
+    positive = node_helpers.conditioning_set_values(positive, values)
+    negative = node_helpers.conditioning_set_values(negative, values)
+    return io.NodeOutput(positive, negative, {"samples": prior})
 
 
 def _class_label(conditioning) -> int | None:

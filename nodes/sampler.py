@@ -93,6 +93,13 @@ def bridge_sigmas(model, steps: int, spacing: str) -> torch.Tensor:
 
 
 def _check_prior(info, samples: torch.Tensor) -> None:
+    if info.family == "cogvideox":  # one 3-D VAE latent per video; any 4k+1 length and 16-px multiple size
+        if samples.ndim != 5 or samples.shape[1] != info.latent_channels:
+            raise ShapeError(
+                f"the prior latent has shape {tuple(samples.shape)}, but FrameBridge-CogVideoX samples "
+                f"[videos, {info.latent_channels}, frames, h, w] latents; make it with 'Bridge Prior from Image' "
+                f"and the CogVideoX VAE.")
+        return
     want = (info.latent_channels, info.latent_size, info.latent_size)
     if samples.ndim != 4 or tuple(samples.shape[1:]) != want:
         raise ShapeError(

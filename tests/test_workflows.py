@@ -34,6 +34,8 @@ OUR_WIDGETS: dict[str, tuple] = {
     "FB_BridgeSampler": ("seed", CONTROL, "steps", "spacing", "cfg", "method", "eta"),
     "FB_BridgeSamplerSelect": ("method", "eta"),
     "FB_BridgeSchedule": ("steps", "spacing"),
+    "FB_LoadCogVideoXVAE": ("vae_name", "tiled", "dtype"),
+    "FB_CogVideoXTextEncode": ("text", "tokens"),
 }
 
 #: Nodes that exist only in the frontend; they have no API-format counterpart.

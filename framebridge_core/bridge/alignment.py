@@ -7,6 +7,8 @@ equals the bridge √SNR ``ρ = a/c``. Interpolation is linear in √SNR (not lo
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..errors import ConfigError
@@ -25,6 +27,7 @@ def snr_aligned_timesteps(
     alphas_cumprod: torch.Tensor,
     mode: str = "official",
     precision: torch.dtype = torch.float64,
+    diffusion_precision: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """The SAF timestep t̃_i for every bridge index i (float64 tensor of length T).
 
@@ -37,7 +40,9 @@ def snr_aligned_timesteps(
     maps to 0 and ρ below d_{K−1} to K−1, so the network only sees timesteps it was trained on.
 
     ``precision=torch.float32`` emulates the official float32 buffers (ρ and d in float32, the
-    arithmetic in float32), to compare with a checkpoint's stored ``bridge_aligned_t``.
+    arithmetic in float32), to compare with a checkpoint's stored ``bridge_aligned_t``;
+    ``diffusion_precision`` sets d's dtype apart (CogVideoX: float32 ρ against the float64 ᾱ of its
+    scheduler, so the comparisons promote to float64).
     """
     if mode not in ALIGNMENT_MODES:
         raise ConfigError(f"unknown alignment mode {mode!r}; choose one of {', '.join(ALIGNMENT_MODES)}.")
@@ -47,7 +52,8 @@ def snr_aligned_timesteps(
     if torch.any(ac[1:] > ac[:-1]) or torch.any(ac <= -1e-12) or torch.any(ac >= 1):
         raise ConfigError("alphas_cumprod must be non-increasing and lie in [0, 1).")
     rho = (schedule.a.to(precision) / schedule.c.to(precision)) if precision != torch.float64 else schedule.rho
-    d = (ac.sqrt().to(precision) / (1.0 - ac).sqrt().to(precision)) if precision != torch.float64 else diffusion_sqrt_snr(ac)
+    d_prec = precision if diffusion_precision is None else diffusion_precision
+    d = (ac.sqrt().to(d_prec) / (1.0 - ac).sqrt().to(d_prec)) if d_prec != torch.float64 else diffusion_sqrt_snr(ac)
     if mode == "exact":
         return _exact_alignment(rho.double(), d.double())
     return _official_alignment(rho, d).double()

@@ -17,16 +17,17 @@ import torch.nn as nn
 
 from ..checkpoints import FamilyDetector, FamilyInfo, PathLike, load_state_dict, normalize_state_dict
 from ..errors import CheckpointError
+from .cogvideox import checkpoint as cogvideox
 from .latte import checkpoint as latte
 from .modelscope import checkpoint as modelscope
 from .videocrafter import checkpoint as videocrafter
 
 #: Every family the pack loads, in detection order (the first detector that accepts a state dict wins).
-FAMILIES: tuple[FamilyDetector, ...] = (latte.DETECTOR, videocrafter.DETECTOR, modelscope.DETECTOR)
+FAMILIES: tuple[FamilyDetector, ...] = (latte.DETECTOR, videocrafter.DETECTOR, modelscope.DETECTOR, cogvideox.DETECTOR)
 
 
 def family(name: str) -> FamilyDetector:
-    """The detector named ``name`` (``"latte"``, ``"videocrafter"``, ``"modelscope_unet3d"``)."""
+    """The detector named ``name`` (``"latte"``, ``"videocrafter"``, ``"modelscope_unet3d"``, ``"cogvideox"``)."""
     for d in FAMILIES:
         if d.name == name:
             return d
