@@ -145,6 +145,20 @@ def test_same_seed_same_video_and_the_model_sees_the_text(host, stand_ins):
     assert not torch.equal(a.output(node, 0)["samples"], c.output(node, 0)["samples"])
 
 
+def test_fp8_weights_run_through_the_hosts_manual_cast(host, stand_ins):
+    import torch
+
+    prompt = _prompt(host, 2)
+    prompt[host.node_id(prompt, "FB_LoadFrameBridge")]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    run = host.run(prompt)
+    assert run.success, run.describe()
+    fp32 = host.run(_prompt(host, 2))
+    node = host.node_id(prompt, "FB_BridgeSampler")
+    a, b = run.output(node, 0)["samples"], fp32.output(node, 0)["samples"]
+    assert torch.isfinite(a).all() and not torch.equal(a, b)
+    assert float((a - b).abs().mean()) < 0.5 * float(b.abs().mean())  # 8-bit weights, same video roughly
+
+
 def test_text_is_exactly_226_tokens_of_the_clip_width(host, stand_ins):
     prompt = _prompt(host)
     run = host.run(prompt)
