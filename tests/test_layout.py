@@ -159,3 +159,14 @@ def test_nodes_never_import_training_evaluation_or_test_helpers():
     bad = [f"{src} -> {dst}" for src, targets in NODES.items() for dst in targets if dst.startswith(NODES_MAY_NOT_IMPORT)]
     assert bad == []
     assert any(dst.startswith("framebridge_core.") for targets in NODES.values() for dst in targets)
+
+
+@pytest.mark.parametrize("family", ["latte", "videocrafter", "modelscope", "cogvideox"])
+def test_family_folders_stay_reachable_as_packages(family):
+    """``import framebridge_core.families.<family>.<module> as m`` needs the attribute to stay the package."""
+    import importlib
+
+    families = importlib.import_module("framebridge_core.families")
+    assert hasattr(getattr(families, family), "__path__")
+    module = importlib.import_module(f"framebridge_core.families.{family}.checkpoint")
+    assert module.DETECTOR in families.FAMILIES

@@ -17,13 +17,13 @@ import torch.nn as nn
 
 from ..checkpoints import FamilyDetector, FamilyInfo, PathLike, load_state_dict, normalize_state_dict
 from ..errors import CheckpointError
-from .cogvideox import checkpoint as cogvideox
-from .latte import checkpoint as latte
-from .modelscope import checkpoint as modelscope
-from .videocrafter import checkpoint as videocrafter
+from .cogvideox.checkpoint import DETECTOR as COGVIDEOX
+from .latte.checkpoint import DETECTOR as LATTE
+from .modelscope.checkpoint import DETECTOR as MODELSCOPE
+from .videocrafter.checkpoint import DETECTOR as VIDEOCRAFTER
 
 #: Every family the pack loads, in detection order (the first detector that accepts a state dict wins).
-FAMILIES: tuple[FamilyDetector, ...] = (latte.DETECTOR, videocrafter.DETECTOR, modelscope.DETECTOR, cogvideox.DETECTOR)
+FAMILIES: tuple[FamilyDetector, ...] = (LATTE, VIDEOCRAFTER, MODELSCOPE, COGVIDEOX)
 
 
 def family(name: str) -> FamilyDetector:
