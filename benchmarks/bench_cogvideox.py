@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from proc_memory import reset_peak, rss_kb
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: CogVideoX-2B ``transformer/config.json`` with FrameBridge's 32 input channels (noisy + image-clip latent)
@@ -47,22 +49,6 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # ---------------------------------------------------------------------------------------------- memory
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
-
-
 def _sync(device: str) -> None:
     import torch
 
@@ -77,15 +63,15 @@ def _reset_counters(device: str) -> dict:
     _sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    _reset_peak()
-    return {"rss_kb": _rss_kb("VmRSS"),
+    reset_peak()
+    return {"rss_kb": rss_kb("VmRSS"),
             "cuda": torch.cuda.memory_allocated() if device.startswith("cuda") else 0}
 
 
 def _peaks(device: str, base: dict) -> dict:
     import torch
 
-    rec = {"peak_mb": (_rss_kb("VmHWM") - base["rss_kb"]) / 1024, "process_peak_mb": _rss_kb("VmHWM") / 1024}
+    rec = {"peak_mb": (rss_kb("VmHWM") - base["rss_kb"]) / 1024, "process_peak_mb": rss_kb("VmHWM") / 1024}
     if device.startswith("cuda"):
         rec.update(cuda_peak_mb=torch.cuda.max_memory_allocated() / 2**20,
                    cuda_peak_above_weights_mb=(torch.cuda.max_memory_allocated() - base["cuda"]) / 2**20,

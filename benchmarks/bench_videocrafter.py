@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from proc_memory import reset_peak, rss_kb
+
 REPO = Path(__file__).resolve().parents[1]
 
 OFFICIAL_KWARGS = dict(in_channels=8, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1],
@@ -37,22 +39,6 @@ OFFICIAL_KWARGS = dict(in_channels=8, out_channels=4, model_channels=320, attent
                        use_relative_position=False, use_causal_attention=False, temporal_length=16,
                        addition_attention=True, image_cross_attention=True,
                        image_cross_attention_scale_learnable=True, default_fs=3, fs_condition=True)
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
 
 
 def worker(side: str, device: str, repeats: int, out_path: str) -> None:
@@ -90,8 +76,8 @@ def worker(side: str, device: str, repeats: int, out_path: str) -> None:
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    _reset_peak()
-    base = _rss_kb("VmRSS")
+    reset_peak()
+    base = rss_kb("VmRSS")
     out = run()  # warm-up
     times = []
     for _ in range(repeats):
@@ -99,7 +85,7 @@ def worker(side: str, device: str, repeats: int, out_path: str) -> None:
         out = run()
         times.append(time.perf_counter() - t0)
     res = {"side": side, "times": times, "median_s": sorted(times)[len(times) // 2],
-           "forward_peak_mb": (_rss_kb("VmHWM") - base) / 1024, "process_peak_mb": _rss_kb("VmHWM") / 1024,
+           "forward_peak_mb": (rss_kb("VmHWM") - base) / 1024, "process_peak_mb": rss_kb("VmHWM") / 1024,
            "threads": torch.get_num_threads()}
     if device.startswith("cuda"):
         res["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20

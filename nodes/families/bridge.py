@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+import comfy.conds
 import comfy.latent_formats
 
 from ...framebridge_core.bridge.schedule import BridgeSchedule
@@ -122,10 +123,21 @@ def latent_space_of(metadata) -> str:
     return space
 
 
+def text_and_image_conds(model, kwargs: dict) -> dict:
+    """The conds every FrameBridge family shares: the text (``c_crossattn``, when the family takes text) and
+    the image latent set by Bridge Prior from Image (``fb_cond_frame``, in the model's latent space)."""
+    out = {}
+    if kwargs.get("cross_attn") is not None:
+        out["c_crossattn"] = comfy.conds.CONDCrossAttn(kwargs["cross_attn"])
+    if kwargs.get("fb_cond_frame") is not None:
+        out["fb_cond_frame"] = comfy.conds.CONDNoiseShape(model.process_latent_in(kwargs["fb_cond_frame"]))
+    return out
+
+
 def bridge_info(model_patcher) -> BridgeInfo | None:
     """The FrameBridge attachment of a MODEL, or None for other models."""
     return model_patcher.get_attachment(ATTACHMENT)
 
 
 __all__ = ["ATTACHMENT", "LATENT_FORMATS", "BridgeInfo", "BridgeModelSampling", "PixelSpace", "bridge_info",
-           "latent_space_of"]
+           "latent_space_of", "text_and_image_conds"]

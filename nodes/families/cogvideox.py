@@ -36,7 +36,7 @@ from ...framebridge_core.families.cogvideox.frames import CogVideoXBridgeFrames
 from ...framebridge_core.families.cogvideox.vae import CogVideoXVAE
 from ...framebridge_core.families.frames import PRIOR_KEY
 from ..common import comfy_attention, new_patcher
-from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling
+from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, text_and_image_conds
 
 FAMILY = "cogvideox"
 CONFIG_ATTACHMENT = "framebridge_cogvideox_config"
@@ -94,14 +94,7 @@ class FrameBridgeCogVideoX(comfy.model_base.BaseModel):
         return x0_from_v(v.float(), z, index, self.model_sampling.schedule)
 
     def extra_conds(self, **kwargs):
-        out = {}
-        cross_attn = kwargs.get("cross_attn", None)
-        if cross_attn is not None:
-            out["c_crossattn"] = comfy.conds.CONDCrossAttn(cross_attn)
-        cond_frame = kwargs.get("fb_cond_frame", None)
-        if cond_frame is not None:
-            out["fb_cond_frame"] = comfy.conds.CONDNoiseShape(self.process_latent_in(cond_frame))
-        return out
+        return text_and_image_conds(self, kwargs)
 
 
 def build_cogvideox_patcher(config, state_dict: dict, weight_dtype=None):

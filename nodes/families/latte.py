@@ -16,7 +16,7 @@ from ...framebridge_core.bridge.schedule import BridgeSchedule
 from ...framebridge_core.checkpoints import load_weights_strict
 from ...framebridge_core.families.latte.frames import LatteBridgeFrames
 from ..common import comfy_attention, new_patcher
-from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, PixelSpace, latent_space_of
+from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, PixelSpace, latent_space_of, text_and_image_conds
 
 
 class LatteFamilyConfig(comfy.supported_models_base.BASE):
@@ -45,10 +45,7 @@ class FrameBridgeLatte(comfy.model_base.BaseModel):
         self.model_sampling = BridgeModelSampling(BridgeSchedule())
 
     def extra_conds(self, **kwargs):
-        out = {}
-        cond_frame = kwargs.get("fb_cond_frame", None)
-        if cond_frame is not None:
-            out["fb_cond_frame"] = comfy.conds.CONDNoiseShape(self.process_latent_in(cond_frame))
+        out = text_and_image_conds(self, {"fb_cond_frame": kwargs.get("fb_cond_frame")})  # no text: class labels
         label = kwargs.get("fb_class", None)
         if label is not None:
             label = int(label)

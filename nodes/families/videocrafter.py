@@ -44,7 +44,7 @@ from ...framebridge_core.families.videocrafter.bridge import (
 from ...framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
 from ...framebridge_core.families.videocrafter.frames import VideoCrafterBridgeFrames
 from ..common import comfy_attention, new_patcher
-from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling
+from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, text_and_image_conds
 
 FAMILY = "videocrafter"
 CLIP_VISION_TOKENS_KEY = "fb_clip_vision"
@@ -99,13 +99,7 @@ class FrameBridgeVideoCrafter(comfy.model_base.BaseModel):
         return self.model_sampling.calculate_denoised(sigma, out, x)
 
     def extra_conds(self, **kwargs):
-        out = {}
-        cross_attn = kwargs.get("cross_attn", None)
-        if cross_attn is not None:
-            out["c_crossattn"] = comfy.conds.CONDCrossAttn(cross_attn)
-        cond_frame = kwargs.get("fb_cond_frame", None)
-        if cond_frame is not None:
-            out["fb_cond_frame"] = comfy.conds.CONDNoiseShape(self.process_latent_in(cond_frame))
+        out = text_and_image_conds(self, kwargs)
         tokens = kwargs.get(CLIP_VISION_TOKENS_KEY, None)
         if tokens is not None:
             out[CLIP_VISION_TOKENS_KEY] = comfy.conds.CONDRegular(tokens)
