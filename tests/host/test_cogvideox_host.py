@@ -199,3 +199,27 @@ def test_bad_inputs_give_typed_errors_and_the_host_keeps_serving(host, stand_ins
 
     run = host.run(_prompt(host, 1))
     assert run.success, run.describe()
+
+
+def test_core_sampler_custom_advanced_gives_the_bridge_samplers_video(host, stand_ins):
+    """CFGGuider + Bridge SAMPLER + Bridge Schedule in core SamplerCustomAdvanced == Bridge Sampler."""
+    import torch
+
+    prompt = _prompt(host, 3)
+    sampler = prompt.pop(host.node_id(prompt, "FB_BridgeSampler"))["inputs"]
+    prompt.update({
+        "20": {"class_type": "RandomNoise", "inputs": {"noise_seed": sampler["seed"]}},
+        "21": {"class_type": "CFGGuider", "inputs": {"model": sampler["model"], "positive": sampler["positive"],
+                                                       "negative": sampler["negative"], "cfg": sampler["cfg"]}},
+        "22": {"class_type": "FB_BridgeSamplerSelect", "inputs": {"method": sampler["method"], "eta": sampler["eta"]}},
+        "23": {"class_type": "FB_BridgeSchedule", "inputs": {"model": sampler["model"], "steps": sampler["steps"],
+                                                              "spacing": sampler["spacing"]}},
+        "8": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["20", 0], "guider": ["21", 0], "sampler": ["22", 0],
+                                                                "sigmas": ["23", 0], "latent_image": sampler["prior"]}},
+    })
+    custom = host.run(prompt)
+    assert custom.success, custom.describe()
+    reference = host.run(_prompt(host, 3))
+    a = custom.output("8", 0)["samples"]
+    b = reference.output(host.node_id(_prompt(host, 3), "FB_BridgeSampler"), 0)["samples"]
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
