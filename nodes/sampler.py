@@ -87,6 +87,7 @@ class BridgeSampler(comfy.samplers.Sampler):
 def bridge_sigmas(model, steps: int, spacing: str) -> torch.Tensor:
     """Descending bridge σ at the grid indices, with the closing 0 ComfyUI's SIGMAS carry."""
     info = require_bridge_model(model, "Bridge Schedule")
+    steps, spacing, _ = resolve_settings(info, steps, spacing)
     grid = info.schedule.timesteps(steps, spacing)
     sig = info.schedule.sigma[grid].float()
     return torch.cat([sig, sig.new_zeros(1)])
@@ -113,25 +114,48 @@ def _check_prior(info, samples: torch.Tensor) -> None:
         )
 
 
+#: widget value meaning "the loaded model's own default" (stored in the MODEL by its loader)
+AUTO = "auto"
+_DEFAULTS_TEXT = ("auto = the model's own default: FrameBridge-Latte (UCF-101) 50 steps, iddpm, CFG 7; "
+                  "VideoCrafter 50, trailing, CFG 7.5; CogVideoX 50, trailing, CFG 6; the bundled tiny models "
+                  "25, trailing, CFG 2 (read from the file). Every family's official method is sde.")
+
+
+def family_defaults(info) -> dict:
+    """The loaded model's own sampling settings (what 'auto' means)."""
+    return {"steps": info.default_steps, "spacing": info.default_spacing, "cfg": info.default_cfg, "method": "sde"}
+
+
+def resolve_settings(info, steps: int, spacing: str, cfg: float | None = None) -> tuple[int, str, float | None]:
+    """``steps`` 0, ``spacing`` 'auto' and ``cfg`` 0 become the model's defaults; other values are kept."""
+    d = family_defaults(info)
+    return (int(steps) or d["steps"], d["spacing"] if spacing == AUTO else spacing,
+            None if cfg is None else (float(cfg) if cfg > 0 else d["cfg"]))
+
+
 def _method_inputs():
     return [
-        io.Combo.Input("method", options=list(METHODS), default="sde",
-                       tooltip="sde: the official first-order bridge SDE. ode: deterministic after the first "
-                               "step. mixed: injects a fraction eta of the SDE noise."),
+        io.Combo.Input("method", options=[AUTO, *METHODS], default=AUTO,
+                       tooltip="sde: the official first-order bridge SDE (what 'auto' uses, for every family). "
+                               "ode: deterministic after the first step. mixed: injects a fraction eta of the SDE noise."),
         io.Float.Input("eta", default=0.5, min=0.0, max=1.0, step=0.05,
                        tooltip="Noise fraction for 'mixed' (1 = sde, 0 = ode); ignored otherwise."),
     ]
 
 
+def _method(method: str) -> str:
+    return "sde" if method == AUTO else method
+
+
 def _schedule_inputs():
     return [
-        io.Int.Input("steps", default=50, min=1, max=1000,
-                     tooltip="Network evaluations (x2 with cfg != 1). The official Latte sampler used 1000 "
-                             "(250 in early configs): much slower for a small gain."),
-        io.Combo.Input("spacing", options=list(SPACINGS), default="iddpm",
+        io.Int.Input("steps", default=0, min=0, max=1000,
+                     tooltip="Network evaluations (x2 with cfg != 1); 0 = " + _DEFAULTS_TEXT + " The official Latte "
+                             "sampler used 1000 (250 in early configs): much slower for a small gain."),
+        io.Combo.Input("spacing", options=[AUTO, *SPACINGS], default=AUTO,
                        tooltip="Which bridge indices to visit: iddpm (official Latte, includes index 0), "
                                "trailing (official VideoCrafter/CogVideoX, starts at 999), uniform "
-                               "(VideoCrafter's default; starts far from the prior: not recommended)."),
+                               "(VideoCrafter's default; starts far from the prior: not recommended). " + _DEFAULTS_TEXT),
     ]
 
 
@@ -154,8 +178,9 @@ class BridgeSamplerNode(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the noise the SDE steps inject; the same seed gives the same video on any device."),
                 *_schedule_inputs(),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance on the class label (official Latte: 7.0). 1 disables it and halves the cost."),
+                io.Float.Input("cfg", default=0.0, min=0.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance (on the class label, or on the text for VideoCrafter "
+                                       "and CogVideoX). 1 disables it and halves the cost; 0 = " + _DEFAULTS_TEXT),
                 *_method_inputs(),
             ],
             outputs=[io.Latent.Output(tooltip="The video latent, frames-as-batch: decode with VAE Decode.")],
@@ -167,12 +192,13 @@ class BridgeSamplerNode(io.ComfyNode):
         samples = prior["samples"]
         _check_prior(info, samples)
         noise = torch.randn(samples.shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=samples.dtype)
+        steps, spacing, cfg = resolve_settings(info, steps, spacing, cfg)
         sigmas = bridge_sigmas(model, steps, spacing)
         guider = comfy.samplers.CFGGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, {})
-        out = guider.sample(noise, samples, BridgeSampler(method, eta), sigmas, denoise_mask=None, callback=callback,
+        out = guider.sample(noise, samples, BridgeSampler(_method(method), eta), sigmas, denoise_mask=None, callback=callback,
                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         out = out.to(mm.intermediate_device())
         return io.NodeOutput({"samples": out})
@@ -192,7 +218,7 @@ class BridgeSamplerSelect(io.ComfyNode):
 
     @classmethod
     def execute(cls, method, eta) -> io.NodeOutput:
-        return io.NodeOutput(BridgeSampler(method, eta))
+        return io.NodeOutput(BridgeSampler(_method(method), eta))
 
 
 class BridgeScheduleNode(io.ComfyNode):

@@ -223,3 +223,18 @@ def test_core_sampler_custom_advanced_gives_the_bridge_samplers_video(host, stan
     a = custom.output("8", 0)["samples"]
     b = reference.output(host.node_id(_prompt(host, 3), "FB_BridgeSampler"), 0)["samples"]
     assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+
+
+def test_auto_settings_are_the_models_own_defaults(host, stand_ins):
+    """A fresh Bridge Sampler (steps 0, spacing/method auto, cfg 0) samples with CogVideoX's 50 / trailing / 6 / sde."""
+    import torch
+
+    auto, explicit = _prompt(host, 50), _prompt(host, 50)
+    node = host.node_id(auto, "FB_BridgeSampler")
+    auto[node]["inputs"].update(steps=0, spacing="auto", cfg=0.0, method="auto")
+    explicit[node]["inputs"].update(steps=50, spacing="trailing", cfg=6.0, method="sde")
+    a, b = host.run(auto), host.run(explicit)
+    assert a.success and b.success, a.describe() + b.describe()
+    assert torch.equal(a.output(node, 0)["samples"], b.output(node, 0)["samples"])
+    schema = host.node_info("FB_BridgeSampler")["input"]["required"]
+    assert schema["steps"][1]["default"] == 0 and "CogVideoX 50, trailing, CFG 6" in schema["steps"][1]["tooltip"]
