@@ -32,7 +32,7 @@ from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D
 from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError
 from ..framebridge_core.bivdiff.inversion import LADDERS, inversion_ladder, mix_latents
 from ..framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
-from .common import WEIGHT_DTYPES
+from .common import CheckedNode, WEIGHT_DTYPES
 from .families.modelscope import build_modelscope_patcher
 from .paths import file_fingerprint
 
@@ -40,7 +40,7 @@ CATEGORY = "FrameBridge/BIVDiff"
 VIDEO_MODEL_FOLDER = "diffusion_models"
 
 
-class LoadVideoModel(io.ComfyNode):
+class LoadVideoModel(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -155,7 +155,7 @@ def _invert(model, conditioning, samples, ladder, what):
     return out.to(mm.intermediate_device())
 
 
-class MixedInversion(io.ComfyNode):
+class MixedInversion(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -234,7 +234,7 @@ class MixedInversion(io.ComfyNode):
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-class SelectFrames(io.ComfyNode):
+class SelectFrames(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -260,7 +260,7 @@ class SelectFrames(io.ComfyNode):
         return io.NodeOutput(images[idx])
 
 
-class OutpaintingMask(io.ComfyNode):
+class OutpaintingMask(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -1,8 +1,12 @@
-"""What every node module shares: ComfyUI's attention for our networks, weight precisions, dtype choice."""
+"""What every node module shares: the checked node base, ComfyUI's attention for our networks, weight
+precisions and the dtype choice."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+from comfy_api.latest import io
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -36,4 +40,33 @@ def new_patcher(model_config, model_cls, params: int, weight_dtype=None) -> comf
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
 
 
-__all__ = ["WEIGHT_DTYPES", "comfy_attention", "new_patcher", "pick_dtypes"]
+def _listed(options: list) -> str:
+    shown = ", ".join(repr(o) for o in options[:8])
+    return shown + (f", ... ({len(options)} in all)" if len(options) > 8 else "")
+
+
+def widget_problem(schema, values: dict) -> str | None:
+    """What is wrong with a node's widget values, or None. ComfyUI 0.3.64 checks neither the choices of V3
+    combo inputs nor whether numbers are finite (NaN passes min/max), so a bad value would run silently."""
+    for inp in schema.inputs:
+        if inp.id not in values:
+            continue
+        value = values[inp.id]
+        if isinstance(inp, io.Combo.Input) and inp.options and value not in inp.options:
+            return (f"{schema.display_name}: {inp.id}={value!r} is not one of {_listed(list(inp.options))}; "
+                    f"pick one from the list (a file must be in its models folder).")
+        if isinstance(inp, (io.Float.Input, io.Int.Input)) and isinstance(value, float) and not math.isfinite(value):
+            return f"{schema.display_name}: {inp.id}={value} is not a finite number; enter a value in the widget's range."
+    return None
+
+
+class CheckedNode(io.ComfyNode):
+    """A V3 node whose combo choices and numbers are checked when the prompt is validated, so a bad value is
+    refused with the node and input named before anything runs."""
+
+    @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return widget_problem(cls.define_schema(), values) or True
+
+
+__all__ = ["WEIGHT_DTYPES", "CheckedNode", "comfy_attention", "new_patcher", "pick_dtypes", "widget_problem"]

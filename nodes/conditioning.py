@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 import node_helpers
 
+from .common import CheckedNode
 from ..framebridge_core.labels import CAMERA_MOTIONS, UCF101_CLASSES, UCF101_NULL_CLASS
 from .families.cogvideox import t5_tokens
 
@@ -20,7 +21,7 @@ def class_conditioning(label: int) -> list:
     return [[torch.zeros(1, 1, 1), {"fb_class": int(label)}]]
 
 
-class UCF101Class(io.ComfyNode):
+class UCF101Class(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -48,7 +49,7 @@ class UCF101Class(io.ComfyNode):
         return io.NodeOutput(class_conditioning(label), class_conditioning(UCF101_NULL_CLASS))
 
 
-class CameraMotion(io.ComfyNode):
+class CameraMotion(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -78,7 +79,7 @@ class CameraMotion(io.ComfyNode):
         return io.NodeOutput(class_conditioning(CAMERA_MOTIONS.index(motion)), class_conditioning(NULL_LABEL))
 
 
-class FrameStride(io.ComfyNode):
+class FrameStride(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -102,7 +103,7 @@ class FrameStride(io.ComfyNode):
                              node_helpers.conditioning_set_values(negative, values))
 
 
-class CogVideoXTextEncode(io.ComfyNode):
+class CogVideoXTextEncode(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

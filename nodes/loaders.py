@@ -17,7 +17,7 @@ from ..framebridge_core.families.latte.checkpoint import LATTE_BRIDGE, LATTE_NEU
 from ..framebridge_core.errors import CheckpointError
 from ..framebridge_core.families.latte.frames import LatteNeuralPriorFrames
 from ..framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
-from .common import WEIGHT_DTYPES, comfy_attention
+from .common import CheckedNode, WEIGHT_DTYPES, comfy_attention
 from .families.bridge import latent_space_of
 from .families.cogvideox import build_cogvideox_patcher, load_cogvideox_vae
 from .families.latte import build_latte_patcher
@@ -55,7 +55,7 @@ _NOT_LOADABLE = {
 }
 
 
-class LoadFrameBridge(io.ComfyNode):
+class LoadFrameBridge(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -112,7 +112,7 @@ class LoadFrameBridge(io.ComfyNode):
         return io.NodeOutput(build_latte_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype], meta))
 
 
-class LoadNeuralPrior(io.ComfyNode):
+class LoadNeuralPrior(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -152,7 +152,7 @@ class LoadNeuralPrior(io.ComfyNode):
                                             latent_space=latent_space_of(meta)))
 
 
-class LoadFrameBridgeCheckpoint(io.ComfyNode):
+class LoadFrameBridgeCheckpoint(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -191,7 +191,7 @@ class LoadFrameBridgeCheckpoint(io.ComfyNode):
         return io.NodeOutput(model, clip, vae, clip_vision)
 
 
-class LoadCogVideoXVAE(io.ComfyNode):
+class LoadCogVideoXVAE(CheckedNode):
     @classmethod
     def define_schema(cls):
         import folder_paths

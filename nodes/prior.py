@@ -9,6 +9,7 @@ import comfy.model_management as mm
 import comfy.utils
 import node_helpers
 
+from .common import CheckedNode
 from ..framebridge_core.errors import ConfigError, ShapeError
 from .loaders import PriorNet
 from .families.bridge import LATENT_FORMATS, bridge_info
@@ -39,7 +40,7 @@ def _fit_image(image: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return comfy.utils.common_upscale(image.movedim(-1, 1), size, size, "bilinear", crop).movedim(1, -1)
 
 
-class BridgePriorFromImage(io.ComfyNode):
+class BridgePriorFromImage(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -139,7 +140,7 @@ def _class_label(conditioning) -> int | None:
     return None
 
 
-class NeuralPrior(io.ComfyNode):
+class NeuralPrior(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(

@@ -16,6 +16,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
+from .common import CheckedNode
 from ..framebridge_core.bridge.schedule import SPACINGS
 from ..framebridge_core.errors import ConfigError, ShapeError
 from ..framebridge_core.families.frames import PRIOR_KEY
@@ -159,7 +160,7 @@ def _schedule_inputs():
     ]
 
 
-class BridgeSamplerNode(io.ComfyNode):
+class BridgeSamplerNode(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -204,7 +205,7 @@ class BridgeSamplerNode(io.ComfyNode):
         return io.NodeOutput({"samples": out})
 
 
-class BridgeSamplerSelect(io.ComfyNode):
+class BridgeSamplerSelect(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -221,7 +222,7 @@ class BridgeSamplerSelect(io.ComfyNode):
         return io.NodeOutput(BridgeSampler(_method(method), eta))
 
 
-class BridgeScheduleNode(io.ComfyNode):
+class BridgeScheduleNode(CheckedNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
