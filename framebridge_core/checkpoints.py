@@ -295,15 +295,30 @@ def check_state_dict(expected: Mapping[str, Sequence[int]], state_dict: Mapping[
                               + ". Is it a different model variant, or an incomplete file?")
 
 
+def check_weight_values(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuse integer/bool tensors where the model has floating-point weights (they would be cast and
+    sample garbage) and NaN/inf values (a silent black video), naming the first bad key."""
+    for k, v in state_dict.items():
+        if k in expected and expected[k].is_floating_point() and not v.is_floating_point():
+            raise CheckpointError(f"The checkpoint's {k} is {str(v.dtype).replace('torch.', '')}, but the {what} has "
+                                  f"floating-point weights: this is not a weights file of this model (or a quantised "
+                                  f"one this pack cannot read). Use the original fp32/fp16/bf16 file.")
+        if v.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"The checkpoint's {k} holds NaN or infinite values: the file is damaged (or the "
+                                  f"training diverged). Re-download or re-export the {what}.")
+
+
 def load_weights_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str = "model") -> None:
     """``module.load_state_dict(state_dict)`` with a readable :class:`CheckpointError` first."""
-    expected = {k: list(v.shape) for k, v in module.state_dict().items()}
-    check_state_dict(expected, state_dict, what)
+    own = module.state_dict()
+    check_state_dict({k: list(v.shape) for k, v in own.items()}, state_dict, what)
+    check_weight_values(state_dict, own, what)
     module.load_state_dict(dict(state_dict), strict=True)
 
 
 __all__ = [
-    "CONTAINER_KEYS", "FamilyDetector", "FamilyInfo", "STRIP_PREFIXES", "check_state_dict", "diffusers_weight_files",
+    "CONTAINER_KEYS", "FamilyDetector", "FamilyInfo", "STRIP_PREFIXES", "check_state_dict", "check_weight_values",
+    "diffusers_weight_files",
     "load_diffusers_folder", "load_state_dict",
     "load_weights_strict", "normalize_state_dict",
 ]

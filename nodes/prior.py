@@ -79,6 +79,9 @@ class BridgePriorFromImage(CheckedNode):
     @classmethod
     def execute(cls, model, vae, image, positive, negative, length, resize, clip_vision_output=None) -> io.NodeOutput:
         info = require_bridge_model(model, "Bridge Prior from Image")
+        if not bool(torch.isfinite(image).all()):
+            raise ShapeError("Bridge Prior from Image: the image has NaN or infinite pixels (a broken upstream node or "
+                             "file); the video would come out black. Check the node that makes the image.")
         if info.family == "cogvideox":
             return _cogvideox(model, vae, image, positive, negative, length, resize, info)
         if length != info.num_frames:

@@ -296,3 +296,16 @@ def test_a_new_family_is_one_more_entry_in_the_explicit_list(monkeypatch):
     assert (info.name, info.config, info.prefix) == ("dummy", {"n": 3}, "model.")
     with pytest.raises(CheckpointError, match=r"dummy: dummy\.weight"):
         detect_family({"other": torch.zeros(1)})
+
+
+def test_integer_or_non_finite_weights_are_refused_naming_the_key():
+    net = nn.Linear(3, 2)
+    bad = {k: v.clone() for k, v in net.state_dict().items()}
+    bad["weight"] = bad["weight"].to(torch.int8)
+    with pytest.raises(CheckpointError, match=r"weight is int8, but the probe has floating-point weights"):
+        load_weights_strict(net, bad, "probe")
+    nan = {k: v.clone() for k, v in net.state_dict().items()}
+    nan["bias"][0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"bias holds NaN or infinite values"):
+        load_weights_strict(net, nan, "probe")
+    load_weights_strict(net, {k: v.clone() for k, v in net.state_dict().items()}, "probe")  # a good one still loads

@@ -37,3 +37,19 @@ def test_a_bad_widget_value_is_refused_before_anything_runs(host, node, name, va
 def test_the_next_good_prompt_runs(host):
     run = host.run(host.lower_steps(host.load_api(TINY), 2))
     assert run.valid and run.success, run.describe()
+
+
+def test_a_nan_image_is_refused_by_bridge_prior_from_image(host):
+    import torch
+
+    model = host.node_class("FB_LoadFrameBridge").execute("framebridge-tiny-motion-np.safetensors", "default").result[0]
+    vae = host.node_class("VAELoader")().load_vae("pixel_space")[0]
+    pos, neg = host.node_class("FB_CameraMotion").execute("zoom-in").result
+    prior = host.node_class("FB_BridgePriorFromImage")
+    image = torch.rand(1, 64, 64, 3)
+    image[0, 3, 5, 1] = float("nan")
+    with pytest.raises(Exception, match="NaN or infinite pixels") as caught:
+        prior.execute(model, vae, image, pos, neg, 16, "center crop")
+    assert type(caught.value).__name__ == "ShapeError"
+    out = prior.execute(model, vae, torch.nan_to_num(image), pos, neg, 16, "center crop").result[2]["samples"]
+    assert torch.isfinite(out).all()
