@@ -229,7 +229,7 @@ def _setup(cfg: TrainConfig, dataset, state_path: Path) -> _Run:
 
 def _resume(run: _Run, cfg: TrainConfig) -> None:
     """Restore a run from its ``state.pt``; refuses one written by a different configuration."""
-    st = torch.load(run.state_path, map_location="cpu", weights_only=False)
+    st = torch.load(run.state_path, map_location="cpu", weights_only=True)  # never runs code from the file
     if _identity(st["config"]) != _identity(asdict(cfg)):
         raise ConfigError(f"{run.state_path} was written by a different configuration; "
                           f"start a new --out folder or pass the same options.")

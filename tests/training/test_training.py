@@ -66,6 +66,29 @@ def test_resume_refuses_a_different_configuration(tmp_path, smoke_data):
         train(_cfg(tmp_path, steps=20, lr=5e-4), dataset=smoke_data, resume=True)
 
 
+class _RunsCode:
+    """A pickle payload that would create a marker file when unpickled by an unsafe loader."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_never_runs_code_from_a_state_file(tmp_path, smoke_data):
+    import pickle
+
+    train(_cfg(tmp_path, steps=2), dataset=smoke_data)
+    state = tmp_path / "bridge" / "state.pt"
+    st = torch.load(state, weights_only=True)
+    st["log"] = _RunsCode(tmp_path / "ran.txt")
+    torch.save(st, state)
+    with pytest.raises(pickle.UnpicklingError):
+        train(_cfg(tmp_path, steps=4), dataset=smoke_data, resume=True)
+    assert not (tmp_path / "ran.txt").exists()
+
+
 def test_export_metadata_and_fp16_weights(tmp_path, smoke_data):
     path = train(_cfg(tmp_path, steps=2), dataset=smoke_data)
     net, meta = load_trained(str(path))
