@@ -52,3 +52,15 @@ def test_server_reports_our_error_then_runs_a_good_prompt(host, comfy_server):
     # still alive and answering
     assert comfy_server.proc.poll() is None
     assert "FB_BridgeSampler" in comfy_server.get("/object_info/FB_BridgeSampler")
+
+
+def test_the_server_serves_every_node_help_page_where_the_frontend_looks(host, comfy_server):
+    """The frontend asks /extensions/<pack folder>/docs/<node_id>.md for a custom node's help panel."""
+    import urllib.request
+
+    for node in host.fb_nodes:
+        url = f"{comfy_server.url}/extensions/ComfyUI-FrameBridge/docs/{node}.md"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode("utf-8")
+        title = host.node_info(node)["display_name"]
+        assert reply.status == 200 and text.startswith(f"# {title}"), (node, text[:80])
