@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..bridge.schedule import BridgeSchedule
 from ..errors import ShapeError
+from ..vp import gather
 
 #: transformer_options key carrying the bridge prior y from the sampler to the network
 PRIOR_KEY = "framebridge_prior"
@@ -53,4 +55,14 @@ def video_rows(v: torch.Tensor, rows: int, num_frames: int, what: str) -> torch.
     return first_of_each_video(repeat_rows(v, rows, what), num_frames)
 
 
-__all__ = ["PRIOR_KEY", "first_of_each_video", "fold_frames", "repeat_rows", "unfold_frames", "video_rows"]
+def aligned_state(x: torch.Tensor, i: torch.Tensor, prior: torch.Tensor, schedule: BridgeSchedule) -> torch.Tensor:
+    """The SAF input ``(x_t − b_i·y)/n_i`` per batch row (docs/math.md §2.1), in float32 or wider: near the
+    prior ``x_t − b·y`` cancels most of ``x_t``, so the state is never aligned in half precision."""
+    dt = torch.promote_types(x.dtype, torch.float32)
+    x, y = x.to(dt), repeat_rows(prior, x.shape[0], "the prior").to(device=x.device, dtype=dt)
+    idx = i.reshape(-1).long().cpu()
+    return (x - gather(schedule.b, idx, x) * y) / gather(schedule.norm, idx, x)
+
+
+__all__ = ["PRIOR_KEY", "aligned_state", "first_of_each_video", "fold_frames", "repeat_rows", "unfold_frames",
+           "video_rows"]

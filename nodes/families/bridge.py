@@ -15,9 +15,12 @@ import torch
 
 import comfy.conds
 import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management as mm
 
 from ...framebridge_core.bridge.schedule import BridgeSchedule
-from ...framebridge_core.errors import CheckpointError
+from ...framebridge_core.errors import CheckpointError, ConfigError
+from ...framebridge_core.families.frames import PRIOR_KEY, aligned_state
 
 ATTACHMENT = "framebridge"
 
@@ -123,6 +126,35 @@ def latent_space_of(metadata) -> str:
     return space
 
 
+class SAFBridgeModel(comfy.model_base.BaseModel):
+    """A bridge model fine-tuned with SAF (VideoCrafter, CogVideoX): it aligns the state in full precision
+    (``z = (x_t − b_i·y)/n_i``), runs the network on ``z`` and turns its output into x̂0 with
+    :meth:`denoised`. The prior comes from the bridge sampler; other samplers get the image latent."""
+
+    family_title = "FrameBridge"
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        index = self.model_sampling.timestep(t)
+        prior = transformer_options.get(PRIOR_KEY)
+        if prior is None:  # a non-bridge sampler: the official prior is the image latent itself
+            prior = kwargs.get("fb_cond_frame")
+        if prior is None:
+            raise ConfigError(f"{self.family_title} needs the bridge prior: route the conditioning through 'Bridge "
+                              f"Prior from Image' and sample with 'Bridge Sampler' or the Bridge SAMPLER.")
+        z = aligned_state(x, index, prior.to(x.device), self.model_sampling.schedule)
+        dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
+        device = x.device
+        context = None if c_crossattn is None else mm.cast_to_device(c_crossattn, device, dtype)
+        extra = {k: comfy.model_base.convert_tensor(v, dtype, device) if hasattr(v, "dtype") else v
+                 for k, v in kwargs.items()}
+        out = self.diffusion_model(z.to(dtype), index.to(device), context=context, control=control,
+                                   transformer_options=transformer_options, **extra).float()
+        return self.denoised(t, out, x, z, index)
+
+    def denoised(self, sigma, out, x, z, index):
+        raise NotImplementedError
+
+
 def text_and_image_conds(model, kwargs: dict) -> dict:
     """The conds every FrameBridge family shares: the text (``c_crossattn``, when the family takes text) and
     the image latent set by Bridge Prior from Image (``fb_cond_frame``, in the model's latent space)."""
@@ -139,5 +171,6 @@ def bridge_info(model_patcher) -> BridgeInfo | None:
     return model_patcher.get_attachment(ATTACHMENT)
 
 
-__all__ = ["ATTACHMENT", "LATENT_FORMATS", "BridgeInfo", "BridgeModelSampling", "PixelSpace", "bridge_info",
+__all__ = ["ATTACHMENT", "LATENT_FORMATS", "BridgeInfo", "BridgeModelSampling", "PixelSpace", "SAFBridgeModel",
+           "bridge_info",
            "latent_space_of", "text_and_image_conds"]

@@ -26,7 +26,6 @@ from ...framebridge_core.families.cogvideox.bridge import (
     DEFAULT_STEPS,
     TRAINED_FRAMES,
     TRAINED_SIZE,
-    aligned_state,
     check_size,
     latent_frames,
     x0_from_v,
@@ -34,9 +33,8 @@ from ...framebridge_core.families.cogvideox.bridge import (
 from ...framebridge_core.families.cogvideox.checkpoint import vae_config_from_weights
 from ...framebridge_core.families.cogvideox.frames import CogVideoXBridgeFrames
 from ...framebridge_core.families.cogvideox.vae import CogVideoXVAE
-from ...framebridge_core.families.frames import PRIOR_KEY
 from ..common import comfy_attention, new_patcher
-from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, text_and_image_conds
+from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, SAFBridgeModel, text_and_image_conds
 
 FAMILY = "cogvideox"
 CONFIG_ATTACHMENT = "framebridge_cogvideox_config"
@@ -64,7 +62,7 @@ class CogVideoXFamilyConfig(comfy.supported_models_base.BASE):
     memory_usage_factor = 1.0
 
 
-class FrameBridgeCogVideoX(comfy.model_base.BaseModel):
+class FrameBridgeCogVideoX(SAFBridgeModel):
     """A ``BaseModel`` with the bridge σ as ``model_sampling``: it aligns the state for SAF in full
     precision, the transformer gets ``t̃_i`` and returns v in aligned coordinates, and the model
     returns ``x̂0 = α_d·z − σ_d·v``. Text arrives as ``c_crossattn``, the image-clip latent as
@@ -75,23 +73,10 @@ class FrameBridgeCogVideoX(comfy.model_base.BaseModel):
                          unet_model=CogVideoXBridgeFrames)
         self.model_sampling = BridgeModelSampling(BridgeSchedule())
 
-    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        index = self.model_sampling.timestep(t)
-        prior = transformer_options.get(PRIOR_KEY)
-        if prior is None:  # a non-bridge sampler: the prior is the image-clip latent itself
-            prior = kwargs.get("fb_cond_frame")
-        if prior is None:
-            raise ConfigError("FrameBridge-CogVideoX needs the bridge prior: route the conditioning through "
-                              "'Bridge Prior from Image' and sample with 'Bridge Sampler' or the Bridge SAMPLER.")
-        z = aligned_state(x, index, prior.to(x.device), self.model_sampling.schedule)
-        dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
-        device = x.device
-        context = None if c_crossattn is None else mm.cast_to_device(c_crossattn, device, dtype)
-        extra = {k: comfy.model_base.convert_tensor(v, dtype, device) if hasattr(v, "dtype") else v
-                 for k, v in kwargs.items()}
-        v = self.diffusion_model(z.to(dtype), index.to(device), context=context, control=control,
-                                 transformer_options=transformer_options, **extra)
-        return x0_from_v(v.float(), z, index, self.model_sampling.schedule)
+    family_title = "FrameBridge-CogVideoX"
+
+    def denoised(self, sigma, out, x, z, index):
+        return x0_from_v(out, z, index, self.model_sampling.schedule)
 
     def extra_conds(self, **kwargs):
         return text_and_image_conds(self, kwargs)

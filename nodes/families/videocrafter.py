@@ -18,7 +18,6 @@ import comfy.clip_vision
 import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
-import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
 import comfy.sd1_clip
@@ -32,19 +31,17 @@ from ...framebridge_core.bridge.schedule import BridgeSchedule
 from ...framebridge_core.checkpoints import load_state_dict, load_weights_strict
 from ...framebridge_core.families import detect_family
 from ...framebridge_core.errors import CheckpointError, ConfigError, ShapeError
-from ...framebridge_core.families.frames import PRIOR_KEY
 from ...framebridge_core.families.videocrafter.bridge import (
     DEFAULT_CFG,
     DEFAULT_SPACING,
     DEFAULT_STEPS,
-    aligned_state,
     check_frames_and_size,
     check_schedule_buffers,
 )
 from ...framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
 from ...framebridge_core.families.videocrafter.frames import VideoCrafterBridgeFrames
 from ..common import comfy_attention, new_patcher
-from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, text_and_image_conds
+from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, SAFBridgeModel, text_and_image_conds
 
 FAMILY = "videocrafter"
 CLIP_VISION_TOKENS_KEY = "fb_clip_vision"
@@ -62,7 +59,7 @@ class VideoCrafterFamilyConfig(comfy.supported_models_base.BASE):
     memory_usage_factor = 2.0
 
 
-class FrameBridgeVideoCrafter(comfy.model_base.BaseModel):
+class FrameBridgeVideoCrafter(SAFBridgeModel):
     """A ``BaseModel`` whose ``model_sampling`` is the bridge σ (:class:`.bridge.BridgeModelSampling`).
 
     It aligns the state for SAF in full precision (``z = (x_t − b_i·y)/n_i``), the network gets
@@ -77,25 +74,9 @@ class FrameBridgeVideoCrafter(comfy.model_base.BaseModel):
                          unet_model=VideoCrafterBridgeFrames)
         self.model_sampling = BridgeModelSampling(BridgeSchedule())
 
-    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        sigma = t
-        index = self.model_sampling.timestep(sigma)
-        prior = transformer_options.get(PRIOR_KEY)
-        if prior is None:  # a non-bridge sampler: the official prior is the image latent itself
-            prior = kwargs.get("fb_cond_frame")
-        if prior is None:
-            raise ConfigError("FrameBridge-VideoCrafter needs the bridge prior: route the conditioning through "
-                              "'Bridge Prior from Image' and sample with 'Bridge Sampler' or the Bridge SAMPLER.")
-        # SAF input in full precision: x_t − b·y cancels most of x_t near the prior
-        z = aligned_state(x, index, prior.to(x.device), self.model_sampling.schedule)
-        dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
-        xc = z.to(dtype)
-        device = xc.device
-        context = None if c_crossattn is None else mm.cast_to_device(c_crossattn, device, dtype)
-        extra = {k: comfy.model_base.convert_tensor(v, dtype, device) if hasattr(v, "dtype") else v
-                 for k, v in kwargs.items()}
-        out = self.diffusion_model(xc, index.to(device), context=context, control=control,
-                                   transformer_options=transformer_options, **extra).float()
+    family_title = "FrameBridge-VideoCrafter"
+
+    def denoised(self, sigma, out, x, z, index):
         return self.model_sampling.calculate_denoised(sigma, out, x)
 
     def extra_conds(self, **kwargs):

@@ -18,7 +18,7 @@ from ...bridge.alignment import snr_aligned_timesteps
 from ...bridge.schedule import BridgeSchedule
 from ...errors import ConfigError, ShapeError
 from ...vp import cogvideox_alphas_cumprod, gather
-from ..frames import repeat_rows
+from ..frames import aligned_state
 from .network import CogVideoXConfig, CogVideoXTransformer
 
 #: Official sampling defaults (``cli_demo.py``, ``sample.sh``): 50 trailing steps, text CFG 6 with an
@@ -62,14 +62,6 @@ def check_size(config: CogVideoXConfig, height: int, width: int) -> list[str]:
         return [f"FrameBridge-CogVideoX was trained at {TRAINED_SIZE}x{TRAINED_SIZE}; {width}x{height} runs but "
                 f"is outside training."]
     return []
-
-
-def aligned_state(x: torch.Tensor, i: torch.Tensor, prior: torch.Tensor, schedule: BridgeSchedule) -> torch.Tensor:
-    """``(x_t − b_i·y)/n_i`` per batch row in float32 or wider (never aligned in half precision)."""
-    dt = torch.promote_types(x.dtype, torch.float32)
-    x, y = x.to(dt), repeat_rows(prior, x.shape[0], "the prior").to(device=x.device, dtype=dt)
-    idx = i.reshape(-1).long().cpu()
-    return (x - gather(schedule.b, idx, x) * y) / gather(schedule.norm, idx, x)
 
 
 def x0_from_v(v: torch.Tensor, z: torch.Tensor, i: torch.Tensor, schedule: BridgeSchedule) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ...bridge.alignment import snr_aligned_timesteps
 from ...bridge.schedule import BridgeSchedule
 from ...errors import CheckpointError, ConfigError, ShapeError
 from ...vp import DEFAULT_CFG, DEFAULT_STEPS, gather, scaled_linear_alphas_cumprod
-from ..frames import repeat_rows
+from ..frames import aligned_state
 from .resampler import Resampler, ResamplerConfig
 from .unet3d import UNet3D, UNet3DConfig
 
@@ -188,16 +188,6 @@ class VideoCrafterBridge(nn.Module):
             unc = self.eps_psi(x_t, i, prior, uncond_context, fs)
             out = unc + cfg_scale * (out - unc)
         return x_t - gather(self.schedule.sigma, i, x_t) * out
-
-
-def aligned_state(x: torch.Tensor, i: torch.Tensor, prior: torch.Tensor, schedule: BridgeSchedule) -> torch.Tensor:
-    """``(x_t − b_i·y)/n_i`` per row, in float32 or wider (the state is never aligned in half precision)."""
-    dt = torch.promote_types(x.dtype, torch.float32)
-    x, y = x.to(dt), repeat_rows(prior, x.shape[0], "the prior").to(device=x.device, dtype=dt)
-    idx = i.reshape(-1).long().cpu()
-    b = schedule.b[idx].to(device=x.device, dtype=dt).view(-1, *([1] * (x.ndim - 1)))
-    n = schedule.norm[idx].to(device=x.device, dtype=dt).view(-1, *([1] * (x.ndim - 1)))
-    return (x - b * y) / n
 
 
 def check_frames_and_size(config: VideoCrafterConfig, frames: int, height: int, width: int) -> None:
