@@ -18,19 +18,48 @@ from ..labels import motion_key
 from .format import META_PREFIX, load_trained
 from .variants import Schedules, generate
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
-PRETRAINED_DIR = PACK_ROOT / "pretrained"
+#: the ``framebridge_core`` package directory
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def bundled_places(name: str) -> tuple[Path, Path]:
+    """Where the pack's folder ``name`` (``pretrained`` or ``assets``) can be, in the order looked at:
+    inside the package (a regular install: the wheel maps the folder there as package data), then
+    next to it (a clone in ComfyUI's custom_nodes, a checkout, an editable install)."""
+    return PACKAGE_DIR / name, PACKAGE_DIR.parent / name
+
+
+def bundled_dir(name: str) -> Path:
+    """The pack's bundled folder ``name`` (``pretrained`` or ``assets``), installed or in a checkout."""
+    places = bundled_places(name)
+    for place in places:
+        if place.is_dir():
+            return place
+    raise ConfigError(f"the pack's '{name}' folder is missing: looked in {places[0]} (regular install) and "
+                      f"{places[1]} (clone or editable install); reinstall the pack.")
+
+
+def _bundled_dir_or_checkout(name: str) -> Path:
+    # import must not fail when the folder is missing (--model/--image need neither); bundled() reports it
+    try:
+        return bundled_dir(name)
+    except ConfigError:
+        return bundled_places(name)[1]
+
+
+PRETRAINED_DIR = _bundled_dir_or_checkout("pretrained")
 BRIDGE_FILE = "framebridge-tiny-motion.safetensors"
 BRIDGE_NP_FILE = "framebridge-tiny-motion-np.safetensors"
 NEURAL_PRIOR_FILE = "neural-prior-tiny-motion.safetensors"
-DEFAULT_IMAGE = PACK_ROOT / "assets" / "default-image.png"
+DEFAULT_IMAGE = _bundled_dir_or_checkout("assets") / "default-image.png"
 
 
 def bundled(name: str) -> Path:
     path = PRETRAINED_DIR / name
     if not path.is_file():
-        raise ConfigError(f"bundled model '{name}' is missing from {PRETRAINED_DIR}; reinstall the pack "
-                          f"(the file ships in its 'pretrained' folder) or pass --model <file>.")
+        first, then = bundled_places("pretrained")
+        raise ConfigError(f"bundled model '{name}' is missing from {PRETRAINED_DIR} (the pack's 'pretrained' "
+                          f"folder is looked for in {first}, then {then}); reinstall the pack or pass --model <file>.")
     return path
 
 
