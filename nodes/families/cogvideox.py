@@ -141,11 +141,6 @@ class CogVideoXComfyVAE(comfy.sd.VAE):
         self.patcher = comfy.model_patcher.ModelPatcher(self.first_stage_model, load_device=self.device,
                                                         offload_device=mm.vae_offload_device())
 
-    def encode(self, pixel_samples):
-        frames = pixel_samples.shape[0] if pixel_samples.ndim == 4 else pixel_samples.shape[1]
-        latent_frames(frames)  # typed error for counts the causal VAE cannot take
-        return super().encode(pixel_samples)
-
 
 def load_cogvideox_vae(path, tiled: bool = True, dtype=None) -> CogVideoXComfyVAE:
     """The CogVideoX VAE of a diffusers ``vae/`` file or folder, config from its config.json or weights."""
