@@ -31,10 +31,20 @@ def _add_train(sub) -> None:
         if f.name in ("kind", "preset", "out", "sources"):
             continue
         flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, type=type(getattr(defaults, f.name)), default=None,
+        kind = type(getattr(defaults, f.name))
+        p.add_argument(flag, type=_yes_no if kind is bool else kind, default=None,
                        help=f"default: {getattr(defaults, f.name)!r}")
     p.add_argument("--sources", default=None, help="comma list of image sources "
                    "(skimage, sklearn, templates, textures)")
+
+
+def _yes_no(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _train(args) -> int:

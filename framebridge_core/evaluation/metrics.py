@@ -99,6 +99,34 @@ def ssim(a: torch.Tensor, b: torch.Tensor, value_range: tuple[float, float] = (-
 # ----------------------------------------------------------------------------- Fréchet distance
 
 
+def blockiness(video: torch.Tensor, patch: int) -> torch.Tensor:
+    """Patch-grid strength per frame: the mean absolute horizontal gradient across patch boundaries
+    over the mean inside patches (1.0 = no grid; natural video ≈ 1.0).
+
+    ``video [..., F, C, H, W]`` -> ``[F]``; the gradient between columns j and j+1 crosses a boundary
+    when ``(j + 1) % patch == 0``.
+    """
+    if video.ndim < 4 or video.shape[-1] <= patch or video.shape[-1] % patch:
+        raise ShapeError(f"blockiness needs [..., F, C, H, W] frames whose width is a multiple of the patch "
+                         f"size {patch} (and wider), got {tuple(video.shape)}")
+    grad = (video[..., 1:] - video[..., :-1]).abs().float()
+    cols = torch.arange(grad.shape[-1])
+    edge = (cols + 1) % patch == 0
+    per_frame = grad.movedim(-4, 0).reshape(grad.shape[-4], -1, grad.shape[-1])   # [F, rows, W-1]
+    return per_frame[..., edge].mean(dim=(1, 2)) / per_frame[..., ~edge].mean(dim=(1, 2)).clamp_min(1e-12)
+
+
+def high_frequency_energy(video: torch.Tensor) -> torch.Tensor:
+    """Per-frame sharpness: the mean squared difference between each frame and its 3×3 box blur,
+    ``[..., F, C, H, W]`` -> ``[F]`` (compare with the ground truth's; blur lowers it, noise raises it)."""
+    if video.ndim < 4:
+        raise ShapeError(f"high_frequency_energy needs [..., F, C, H, W], got {tuple(video.shape)}")
+    frames = video.float().movedim(-4, 0)
+    flat = frames.reshape(-1, 1, *frames.shape[-2:])
+    blur = F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return (flat - blur).pow(2).reshape(frames.shape[0], -1).mean(dim=1)
+
+
 def gaussian_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (unbiased) covariance of ``[N, D]`` features, in float64."""
     if feats.dim() != 2 or feats.shape[0] < 2:

@@ -55,6 +55,11 @@ def static_prior(video_or_frame: torch.Tensor, frames: int) -> torch.Tensor:
     return first.expand(-1, frames, -1, -1, -1).contiguous()
 
 
+def keep_frame0(x0: torch.Tensor, first_frame: torch.Tensor) -> torch.Tensor:
+    """``x0 [B, F, C, H, W]`` with frame 0 replaced by the known ``first_frame [B, C, H, W]``."""
+    return torch.cat([first_frame[:, None].to(x0.dtype), x0[:, 1:]], dim=1)
+
+
 def net_timestep(kind: str, i: torch.Tensor, sched: Schedules) -> torch.Tensor:
     """What the network's timestep embedder sees for bridge index i."""
     if kind == "saf":
@@ -79,27 +84,40 @@ def _guided(model, x_in: torch.Tensor, t, labels: torch.Tensor, cfg_scale: float
 def generate(kind: str, model, first_frame: torch.Tensor, labels: torch.Tensor, *, steps: int,
              sched: Schedules, cfg_scale: float = 1.0, generator: Optional[torch.Generator] = None,
              neural_prior: Optional[torch.nn.Module] = None, method: str = "sde",
-             callback: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
+             callback: Optional[Callable[[dict], None]] = None,
+             keep_first_frame: Optional[bool] = None) -> torch.Tensor:
     """Generate ``[B, F, C, H, W]`` videos from first frames ``[B, C, H, W]`` (NFE = ``steps``).
 
     Bridge variants start exactly at the prior and take ``steps`` bridge-SDE steps on the
     trailing grid; ``diffusion`` starts from Gaussian noise and takes ``steps`` DDIM steps;
     ``neural-prior`` is one forward pass (``steps`` is ignored).
+
+    ``keep_first_frame`` (default: the network's ``config.keep_first_frame``) replaces frame 0 of
+    every x̂0 by the input frame, as inpainting samplers do with known pixels: the last step returns
+    x̂0, so frame 0 of the clip is the input exactly.
     """
     check_kind(kind)
     cfg = model.config
     Fr = cfg.num_frames
     dtype = next(model.parameters()).dtype
     cond = first_frame[:, None].to(dtype)
+    keep = keep_first_frame if keep_first_frame is not None else cfg.keep_first_frame
     if kind == "neural-prior":
         return model(cond, labels).float()
     if kind == "diffusion":
         shape = (first_frame.shape[0], Fr) + tuple(first_frame.shape[1:])
         noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=first_frame.device)
+        diff = sched.diffusion
 
         def denoise_v(x, t):
             x_in = model.build_bridge_input(x.to(dtype), cond)
-            return _guided(model, x_in, torch.full((x.shape[0],), t, device=x.device), labels, cfg_scale)
+            v = _guided(model, x_in, torch.full((x.shape[0],), t, device=x.device), labels, cfg_scale)
+            if not keep:
+                return v
+            # the v whose x̂0 = alpha·x − sigma·v has the condition frame as frame 0
+            a, s = float(diff.alpha[t]), float(diff.sigma[t])
+            x0 = keep_frame0(a * x - s * v.to(x.dtype), first_frame)
+            return ((a * x - x0) / s).to(v.dtype)
 
         return sample_ddim(denoise_v, noise, sched.diffusion, steps, callback=callback)
     coarse = None
@@ -117,11 +135,15 @@ def generate(kind: str, model, first_frame: torch.Tensor, labels: torch.Tensor, 
         out = _guided(model, x_in, net_timestep(kind, ti, sched), labels, cfg_scale).to(x.dtype)
         if kind in ("bridge", "bridge-np"):
             if cfg.output in preconditioning.CONVERTED_OUTPUTS:
-                return preconditioning.x0_from_output(out, x, y, sched.bridge.sigma[int(i)], cfg.output)
-            return output_to_x0("eps_psi", out, x, y, int(i), sched.bridge)
-        return output_to_x0("v_aligned", out, x, y, int(i), sched.bridge)
+                x0 = preconditioning.x0_from_output(out, x, y, sched.bridge.sigma[int(i)], cfg.output)
+            else:
+                x0 = output_to_x0("eps_psi", out, x, y, int(i), sched.bridge)
+        else:
+            x0 = output_to_x0("v_aligned", out, x, y, int(i), sched.bridge)
+        return keep_frame0(x0, first_frame) if keep else x0
 
     return sample_bridge(denoise_x0, prior, sched.bridge, steps, "trailing", method, generator, callback)
 
 
-__all__ = ["BRIDGE_KINDS", "KINDS", "Schedules", "check_kind", "generate", "net_input", "net_timestep", "static_prior"]
+__all__ = ["BRIDGE_KINDS", "KINDS", "Schedules", "check_kind", "generate", "keep_frame0", "net_input", "net_timestep",
+           "static_prior"]

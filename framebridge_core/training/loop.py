@@ -62,6 +62,9 @@ class TrainConfig:
     export_dtype: str = "fp16"
     data_seed: int = 0
     sources: tuple = ("skimage", "sklearn", "templates", "textures")
+    head_width: int = -1            # conv head width after unpatchify; -1 = the preset's, 0 = linear (official)
+    head_features: int = -1         # feature channels for the conv head; -1 = the preset's
+    keep_first_frame: bool = True   # samplers keep the input image as frame 0 (exported in the file)
 
     def __post_init__(self) -> None:
         check_kind(self.kind)
@@ -96,7 +99,7 @@ def build_network(kind: str, config: LatteConfig, generator: Optional[torch.Gene
 def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
     """Warm-start a neural-prior bridge (2C input channels) from a plain bridge (C channels).
 
-    The extra channels of the patch embedding start at zero, so the widened network computes
+    The extra channels of the patch embedding (and of the conv head's input) start at zero, so the widened network computes
     exactly the plain bridge until training moves them.
     """
     w = state["x_embedder.proj.weight"]
@@ -106,6 +109,34 @@ def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, t
         raise ConfigError(f"cannot widen a patch embedding with {w.shape[1]} input channels to {in_channels}.")
     state = dict(state)
     state["x_embedder.proj.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
+    head = state.get("head.layers.0.weight")
+    if head is not None:  # the conv head sees [final channels, network input]: the input part grows at the end
+        state["head.layers.0.weight"] = torch.cat([head, torch.zeros_like(head[:, -w.shape[1]:])], dim=1)
+    return state
+
+
+def add_conv_head(state: dict[str, torch.Tensor], net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Warm-start a conv-head network from a linear-head one (the earlier bundled models).
+
+    The final layer gets zero rows for the head's feature channels (patch layout ``(p, q, c)``, c
+    fastest) and the head keeps ``net``'s fresh initialisation, whose last convolution is zero: the
+    network computes exactly the linear-head model until training moves it.
+    """
+    cfg = net.config
+    if cfg.head_width == 0 or any(k.startswith("head.") for k in state):
+        return state
+    p, old_c, new_c = cfg.patch_size, cfg.out_channels, cfg.final_channels
+    w, b = state["final_layer.linear.weight"], state["final_layer.linear.bias"]
+    if w.shape[0] != p * p * old_c:
+        raise ConfigError(f"cannot add a conv head: the final layer has {w.shape[0]} rows, expected {p * p * old_c}.")
+    state = dict(state)
+    wide_w = torch.zeros(p, p, new_c, w.shape[1], dtype=w.dtype)
+    wide_w[:, :, :old_c] = w.reshape(p, p, old_c, -1)
+    wide_b = torch.zeros(p, p, new_c, dtype=b.dtype)
+    wide_b[:, :, :old_c] = b.reshape(p, p, old_c)
+    state["final_layer.linear.weight"] = wide_w.reshape(p * p * new_c, -1)
+    state["final_layer.linear.bias"] = wide_b.reshape(-1)
+    state.update({k: v.detach().clone() for k, v in net.state_dict().items() if k.startswith("head.")})
     return state
 
 
@@ -205,7 +236,10 @@ class _Run:
 def _setup(cfg: TrainConfig, dataset, state_path: Path) -> _Run:
     """Network (optionally warm-started), frozen neural prior, optimiser, generators and EMA."""
     num_classes = len(_motions(dataset))
-    config = network_config(cfg.kind, cfg.preset, num_classes, cfg.bridge_output)
+    config = network_config(cfg.kind, cfg.preset, num_classes, cfg.bridge_output,
+                            head_width=None if cfg.head_width < 0 else cfg.head_width,
+                            head_features=None if cfg.head_features < 0 else cfg.head_features,
+                            keep_first_frame=cfg.keep_first_frame)
     init_gen = torch.Generator().manual_seed(cfg.seed)
     net = build_network(cfg.kind, config, init_gen, cfg.label_init_std)
     inner = _inner(net)
@@ -213,7 +247,8 @@ def _setup(cfg: TrainConfig, dataset, state_path: Path) -> _Run:
         sd, _ = read_weights(cfg.init_from)
         from ..checkpoints import load_weights_strict
 
-        load_weights_strict(inner, widen_input(sd, config.in_channels), f"{cfg.kind} network (init)")
+        sd = add_conv_head(widen_input(sd, config.in_channels), inner)
+        load_weights_strict(inner, sd, f"{cfg.kind} network (init)")
     neural_prior = None
     if cfg.kind == "bridge-np":
         neural_prior, _ = load_trained(cfg.neural_prior, "neural-prior")
@@ -373,6 +408,8 @@ def export(cfg: TrainConfig, config: LatteConfig, weights: dict[str, torch.Tenso
     }
     if cfg.kind in BRIDGE_KINDS:
         meta["bridge_schedule"] = "bridge-tts gmax beta_min=0.01 beta_max=50"
+    if config.keep_first_frame:
+        meta["keep_first_frame"] = "true"
     save_file(tensors, str(path), metadata={META_PREFIX + k: v for k, v in meta.items() if v})
     return path
 

@@ -180,3 +180,30 @@ def test_bench_quality_end_to_end(tmp_path, capsys):
     assert rc == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "bridge/diffusion FD ratio at 25 NFE: n/a"
     assert "loaded from the cache" in (tmp_path / "R2.md").read_text()
+
+
+def test_blockiness_is_one_on_smooth_video_and_grows_with_a_patch_grid():
+    from framebridge_core.evaluation.metrics import blockiness
+
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(-1, 1, 32).expand(2, 3, 3, 32, 32)           # [B, F, C, H, W], smooth
+    assert torch.allclose(blockiness(ramp, 8), torch.ones(3), atol=1e-5)
+    blocks = torch.rand(2, 3, 3, 4, 4, generator=g).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    noisy = blocks + 0.01 * torch.randn(blocks.shape, generator=g)
+    ratio = blockiness(noisy, 8)
+    assert ratio.shape == (3,) and bool((ratio > 5).all())
+    assert blockiness(noisy[0], 8).shape == (3,)                       # [F, C, H, W] works too
+    with pytest.raises(Exception, match="multiple of the patch"):
+        blockiness(ramp[..., :30], 8)
+
+
+def test_high_frequency_energy_is_zero_for_flat_frames_and_falls_with_blur():
+    import torch.nn.functional as F
+
+    from framebridge_core.evaluation.metrics import high_frequency_energy
+
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(high_frequency_energy(torch.zeros(1, 2, 3, 8, 8)), torch.zeros(2))
+    sharp = torch.rand(1, 2, 3, 16, 16, generator=g)
+    blurred = F.avg_pool2d(sharp.reshape(-1, 1, 16, 16), 3, 1, 1, count_include_pad=False).reshape(sharp.shape)
+    assert bool((high_frequency_energy(blurred) < 0.3 * high_frequency_energy(sharp)).all())

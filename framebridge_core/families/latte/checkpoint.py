@@ -90,6 +90,24 @@ def _latte_shapes(sd: Mapping[str, torch.Tensor]) -> tuple[int, int, int, int, i
     return hidden, in_ch, p, grid, out_ch
 
 
+#: Safetensors metadata key: the samplers keep the condition frame as video frame 0
+META_KEEP_FIRST_FRAME = "framebridge.keep_first_frame"
+
+
+def _latte_head(sd: Mapping[str, torch.Tensor], final_ch: int) -> tuple[int, int, int]:
+    """``(out_channels, head_width, head_features)``: a conv head (``head.layers.{0,2,4}``, the
+    project's tiny models) takes the output channels from its last convolution; the rest of the
+    final layer's channels are the head's features. No head: every final channel is output."""
+    first, last = sd.get("head.layers.0.weight"), sd.get("head.layers.4.weight")
+    if first is None and last is None:
+        return final_ch, 0, 0
+    if first is None or last is None or first.ndim != 4 or last.ndim != 4 or last.shape[0] > final_ch:
+        raise CheckpointError("the Latte checkpoint has an incomplete or malformed conv head (head.layers.* keys); "
+                              "re-export it with `python -m framebridge_core train`.")
+    out_ch = int(last.shape[0])
+    return out_ch, int(first.shape[0]), final_ch - out_ch
+
+
 def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Optional[FamilyInfo]:
     """The FrameBridge-Latte config of ``sd``; rules (official ``framebridge-latte/models/latte.py``):
 
@@ -102,6 +120,8 @@ def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -
       102 rows, null class 101). No table -> unconditional.
     * ``final_layer.linear.weight [p*p*C_out, D]`` -> output channels; ``C_out == 2*C_in`` means
       ``learn_sigma``; ``C_in == 2*C_out`` is the neural-prior channel concat (8 -> 4).
+    * ``head.layers.{0,4}.weight`` (the tiny models' conv head) -> head width and output channels;
+      metadata ``framebridge.keep_first_frame = "true"`` -> frame 0 is kept by the samplers.
     * depth = number of ``blocks.N``; mlp ratio from ``blocks.0.mlp.fc1.weight``.
     * the head count: :func:`_latte_num_heads`.
     * Finally every key and shape is checked against the model that config builds.
@@ -113,7 +133,8 @@ def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -
             "This is a Latte model with cross-attention/adaLN image conditioning "
             "(cond_embedder / attn.wq keys), not a FrameBridge-Latte model (concat_pre); it is "
             "not supported.")
-    hidden, in_ch, p, grid, out_ch = _latte_shapes(sd)
+    hidden, in_ch, p, grid, final_ch = _latte_shapes(sd)
+    out_ch, head_width, head_features = _latte_head(sd, final_ch)
     block_ids = {int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m}
     depth = max(block_ids) + 1
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
@@ -136,7 +157,9 @@ def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -
                           num_frames=frames, num_classes=num_classes, class_dropout=table is not None,
                           condition_type=cond_type, has_timestep=has_t,
                           learn_sigma=out_ch == 2 * in_ch, frequency_embedding_size=freq,
-                          output=_latte_output(metadata) if has_t else "eps_psi")
+                          output=_latte_output(metadata) if has_t else "eps_psi",
+                          head_width=head_width, head_features=head_features,
+                          keep_first_frame=metadata.get(META_KEEP_FIRST_FRAME, "") == "true")
     except Exception as e:  # ConfigError from impossible combinations
         raise CheckpointError(f"Latte checkpoint with an impossible configuration: {e}") from e
     expected = LatteModel(cfg, device="meta").state_dict()
@@ -158,4 +181,4 @@ def _load_latte(module: nn.Module, sd: Mapping[str, torch.Tensor]) -> None:
 DETECTOR = FamilyDetector(name="latte", looks_for=_LATTE_KEYS, detect=_detect_latte, build=_build_latte,
                           load_weights=_load_latte)
 
-__all__ = ["DETECTOR", "LATTE_BRIDGE", "LATTE_NEURAL_PRIOR", "META_NUM_HEADS", "META_PREDICTS"]
+__all__ = ["DETECTOR", "LATTE_BRIDGE", "LATTE_NEURAL_PRIOR", "META_KEEP_FIRST_FRAME", "META_NUM_HEADS", "META_PREDICTS"]

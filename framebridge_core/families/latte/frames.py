@@ -40,7 +40,8 @@ class LatteBridgeFrames(nn.Module):
       network takes the neural-prior coarse video as extra channels.
 
     Returns ``eps_psi`` as ``[B·T, C, H, W]`` (a ``precond`` network's output is converted to the
-    ``eps_psi`` it stands for, using the prior: the image repeated, or the coarse video).
+    ``eps_psi`` it stands for, using the prior: the image repeated, or the coarse video). With
+    ``config.keep_first_frame`` frame 0's output is the one whose x̂0 is the image latent itself.
     """
 
     def __init__(self, config=None, *, operations=None, device=None, dtype=None, attention=None, **fields):
@@ -112,6 +113,10 @@ class LatteBridgeFrames(nn.Module):
             y = coarse if coarse is not None else cond[:, None].expand_as(xv)
             sigma = self._sigma.to(xv.device)[tt.long()].view(-1, 1, 1, 1, 1)
             out = preconditioning.to_eps_psi(out.float(), xv.float(), y.float(), sigma, cfg.output).to(out.dtype)
+        if cfg.keep_first_frame:  # the F whose x̂0 = x_t − σ·F is the image at frame 0
+            sigma = self._sigma.to(xv.device)[tt.long()].view(-1, 1, 1, 1)
+            first = (xv[:, 0].float() - cond.float()) / sigma
+            out = torch.cat([first[:, None].to(out.dtype), out[:, 1:]], dim=1)
         return unfold_frames(out)
 
 

@@ -67,6 +67,15 @@ class LatteConfig:
             ``"precond"`` (a preconditioned x0 prediction) or ``"x0"`` (x0 as a change from the
             prior), the project's tiny models, see :mod:`framebridge_core.preconditioning`. The
             layers are the same; callers convert.
+        head_width: 0 (official): the final linear layer's patches are the output. ``> 0``: a
+            convolutional head after unpatchify (the project's tiny models): the final layer also
+            emits ``head_features`` feature channels per pixel, and three 3×3 convolutions of width
+            ``head_width`` over [output, features, network input] add a residual to the output.
+            Neighbouring patches then see each other at pixel level, which removes the patch grid
+            that a linear unpatchify leaves (docs/notes/tiny-model.md measures it).
+        head_features: feature channels the final layer adds for the conv head.
+        keep_first_frame: the samplers replace the x̂0 of video frame 0 by the condition frame at
+            every step, so frame 0 of the result is the input image (the project's tiny models).
     """
 
     input_size: int = 32
@@ -85,6 +94,9 @@ class LatteConfig:
     learn_sigma: bool = False
     frequency_embedding_size: int = 256
     output: str = "eps_psi"
+    head_width: int = 0
+    head_features: int = 0
+    keep_first_frame: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -109,6 +121,11 @@ class LatteConfig:
         need(self.condition_type in CONDITION_TYPES,
              f"condition_type={self.condition_type!r} is not supported; use one of {CONDITION_TYPES}")
         need(self.output in OUTPUTS, f"output={self.output!r} is not supported; use one of {OUTPUTS}")
+        for name in ("head_width", "head_features"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 0, f"{name}={value!r} must be an integer >= 0")
+        need(self.head_width > 0 or self.head_features == 0,
+             f"head_features={self.head_features} needs a conv head (head_width > 0)")
         need(not self.learn_sigma or self.out_channels % 2 == 0,
              f"learn_sigma=True needs an even out_channels, got {self.out_channels}")
 
@@ -135,6 +152,11 @@ class LatteConfig:
     def prior_concat(self) -> bool:
         """True when the coarse video (neural prior) is channel-concatenated to the input."""
         return self.in_channels == 2 * self.latent_channels
+
+    @property
+    def final_channels(self) -> int:
+        """Channels per pixel the final linear layer emits (output, plus the conv head's features)."""
+        return self.out_channels + self.head_features
 
     @property
     def null_class(self) -> Optional[int]:
@@ -320,6 +342,26 @@ class FinalLayer(nn.Module):
         return self.linear(_modulate(self.norm_final(x), shift, scale))
 
 
+class ConvHead(nn.Module):
+    """Three 3×3 convolutions per frame whose result is added to the unpatchified output.
+
+    Input: the unpatchified final-layer channels and the network input, ``[N, C_final + C_in, S, S]``;
+    output ``[N, C_out, S, S]``. The last convolution starts at zero, so a new head leaves the
+    network's function unchanged (a linear-head checkpoint warm-starts it exactly).
+    """
+
+    def __init__(self, in_channels: int, width: int, out_channels: int, *, operations, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.layers = nn.Sequential(
+            operations.Conv2d(in_channels, width, 3, padding=1, **kw), nn.SiLU(),
+            operations.Conv2d(width, width, 3, padding=1, **kw), nn.SiLU(),
+            operations.Conv2d(width, out_channels, 3, padding=1, **kw))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 # ----------------------------------------------------------------------------------------------
 # Networks
 # ----------------------------------------------------------------------------------------------
@@ -413,7 +455,11 @@ class LatteModel(nn.Module):
                              attention=attention, **kw)
             for _ in range(config.depth)
         ])
-        self.final_layer = FinalLayer(D, config.patch_size, config.out_channels, operations=ops, **kw)
+        self.final_layer = FinalLayer(D, config.patch_size, config.final_channels, operations=ops, **kw)
+        self.head = None
+        if config.head_width:
+            self.head = ConvHead(config.final_channels + config.in_channels, config.head_width,
+                                 config.out_channels, operations=ops, **kw)
         self.reset_fixed_embeddings()
 
     # Weights ----------------------------------------------------------------------------------
@@ -461,6 +507,14 @@ class LatteModel(nn.Module):
         self.final_layer.adaLN_modulation[-1].bias.zero_()
         self.final_layer.linear.weight.zero_()
         self.final_layer.linear.bias.zero_()
+        if self.head is not None:  # PyTorch's default init for the convolutions, the last one at zero
+            for conv in self.head.layers[:-1]:
+                if isinstance(conv, nn.Conv2d):
+                    bound = 1.0 / math.sqrt(conv.weight[0].numel())
+                    conv.weight.copy_(torch.rand(conv.weight.shape, generator=generator) * 2 * bound - bound)
+                    conv.bias.zero_()
+            self.head.layers[-1].weight.zero_()
+            self.head.layers[-1].bias.zero_()
 
     # Forward ----------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
@@ -527,6 +581,9 @@ class LatteModel(nn.Module):
             h = h.transpose(1, 2)                                           # [B, F, N, D]
         h = self.final_layer(h, c)                                          # [B, F, N, p*p*C]
         out = self.unpatchify(h)
+        if self.head is not None:
+            feats = torch.cat([out, x.to(out.dtype)], dim=2).reshape(B * Fr, -1, H, W)
+            out = out[:, :, : cfg.out_channels] + self.head(feats).reshape(B, Fr, cfg.out_channels, H, W)
         if drop_condition_frame:
             if cfg.condition_type != "concat_pre":
                 raise ConfigError("drop_condition_frame=True needs condition_type='concat_pre'")
@@ -537,7 +594,7 @@ class LatteModel(nn.Module):
         """``[B, F, N, p*p*C] -> [B, F, C, S, S]`` (patch layout ``(p, q, c)`` as timm/DiT)."""
         cfg = self.config
         B, Fr = h.shape[:2]
-        g, p, c = cfg.grid_size, cfg.patch_size, cfg.out_channels
+        g, p, c = cfg.grid_size, cfg.patch_size, cfg.final_channels
         h = h.reshape(B, Fr, g, g, p, p, c).permute(0, 1, 6, 2, 4, 3, 5)
         return h.reshape(B, Fr, c, g * p, g * p)
 
@@ -651,7 +708,10 @@ class LatteNeuralPrior(nn.Module):
             raise ShapeError(f"neural prior input has shape {tuple(first_frame.shape)}; expected "
                              f"[B, C, H, W] or [B, F, C, H, W]")
         x = first_frame[:, :1].expand(-1, self.config.num_frames, -1, -1, -1)
-        return self.nwarp_model(x.contiguous(), None, y)
+        out = self.nwarp_model(x.contiguous(), None, y)
+        if self.config.keep_first_frame:  # frame 0 of the coarse video is the known image
+            out = torch.cat([first_frame[:, :1].to(out.dtype), out[:, 1:]], dim=1)
+        return out
 
 
 def build_latte(config: LatteConfig, **kwargs: Any) -> nn.Module:
