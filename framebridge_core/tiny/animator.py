@@ -103,13 +103,18 @@ class TinyAnimator:
         return float(self.meta.get(META_PREFIX + "default_cfg", "1.0"))
 
     def animate(self, frame: torch.Tensor, motion: str, *, steps: int = 25, cfg: Optional[float] = None,
-                seed: int = 0, callback: Optional[Callable[[dict], None]] = None) -> torch.Tensor:
-        """``frame [3, S, S]`` in [-1, 1] -> ``[F, 3, S, S]`` clip in [-1, 1] (``cfg``: the model's default)."""
+                seed: int = 0, callback: Optional[Callable[[dict], None]] = None,
+                keep_first_frame: bool = True) -> torch.Tensor:
+        """``frame [3, S, S]`` in [-1, 1] -> ``[F, 3, S, S]`` clip in [-1, 1] (``cfg``: the model's default).
+
+        ``keep_first_frame``: the sampler keeps the input as frame 0 of every x̂0 (so of the clip),
+        also for files exported before models carried the flag."""
         if tuple(frame.shape) != (3, self.size, self.size):
             raise ConfigError(f"image frame has shape {tuple(frame.shape)}; this model takes "
                               f"[3, {self.size}, {self.size}] (use video_io.image_to_frame).")
         label = torch.tensor([motion_label(self.meta, motion)])
         gen = torch.Generator().manual_seed(int(seed))
         video = generate(self.kind, self.net, frame[None].float(), label, steps=steps, sched=self.sched,
-                         cfg_scale=self.default_cfg if cfg is None else cfg, generator=gen, neural_prior=self.prior_net, callback=callback)
+                         cfg_scale=self.default_cfg if cfg is None else cfg, generator=gen, neural_prior=self.prior_net, callback=callback,
+                         keep_first_frame=keep_first_frame)
         return video[0].clamp(-1, 1)

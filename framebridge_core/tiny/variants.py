@@ -103,7 +103,8 @@ def generate(kind: str, model, first_frame: torch.Tensor, labels: torch.Tensor, 
     cond = first_frame[:, None].to(dtype)
     keep = keep_first_frame if keep_first_frame is not None else cfg.keep_first_frame
     if kind == "neural-prior":
-        return model(cond, labels).float()
+        coarse = model(cond, labels).float()
+        return keep_frame0(coarse, first_frame.float()) if keep else coarse
     if kind == "diffusion":
         shape = (first_frame.shape[0], Fr) + tuple(first_frame.shape[1:])
         noise = torch.randn(shape, generator=generator, dtype=torch.float32, device=first_frame.device)

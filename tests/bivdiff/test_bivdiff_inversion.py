@@ -228,9 +228,15 @@ def test_layout_and_comfy_latent_round_trips():
 
 def test_cfg_with_identical_branches_is_the_conditional_eps():
     """docs/bivdiff-math.md §8.10."""
-    e = torch.randn(2, 4, 3, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(2, 4, 3, 2, 2, generator=g)
     for s in (0.0, 1.0, 7.5, 20.0):
         assert torch.allclose(cfg_combine(e, e, s), e)
+    # distinct branches pin the formula: uncond + s·(cond − uncond), argument order (cond, uncond)
+    cond, uncond = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    assert torch.allclose(cfg_combine(cond, uncond, 1.0), cond)
+    assert torch.allclose(cfg_combine(cond, uncond, 0.0), uncond)
+    assert torch.allclose(cfg_combine(cond, uncond, 7.5), uncond + 7.5 * (cond - uncond))
     assert torch.allclose(cfg_combine(torch.ones(1), torch.zeros(1), 7.5), torch.tensor([7.5]))
 
 

@@ -98,9 +98,18 @@ def test_sd_alignment_interior_is_exact_inverse_interpolation():
 
 
 def test_top_region_joins_continuously():
-    d0, d1, r0 = float(D_SD[0]), float(D_SD[1]), float(S.rho[0])
-    left = d0 + r0
-    assert 0 + (d1 - left) / (d1 - left) * (1 - 0) == 1.0
+    """The official top region (ρ > d_1, mapped from [d_1, d_0+ρ_0] onto [1, 0]) meets the table at
+    t̃ = 1 from above, where the interpolated region below starts."""
+    from framebridge_core.bridge.alignment import _official_alignment
+
+    d1 = D_SD[1].item()
+    rho = torch.tensor([S.rho[0].item(), d1 * (1 + 1e-9), d1, d1 * (1 - 1e-9)], dtype=torch.float64)
+    t = _official_alignment(rho, D_SD.double())
+    assert t[1].item() == pytest.approx(1.0, abs=1e-6)        # top region, just above d_1
+    assert t[2].item() == pytest.approx(1.0, abs=1e-12)       # the table at d_1
+    assert t[3].item() == pytest.approx(1.0, abs=1e-6)        # just below: the interpolated region
+    assert 0.0 < t[0].item() < 1.0                             # ρ_0 itself lies inside the top region
+    assert bool(torch.all(t[1:] >= t[:-1]))
 
 
 def test_vc_trailing_50_list():

@@ -11,7 +11,6 @@ import torch
 from framebridge_core.training.data.camera_motion import MOTIONS, CameraMotionDataset
 from framebridge_core.vp import DiffusionSchedule, sample_ddim
 from framebridge_core.errors import ConfigError
-from framebridge_core.labels import CAMERA_MOTIONS
 from framebridge_core.tiny.format import PRESETS, load_trained, network_config
 from framebridge_core.tiny.variants import KINDS, Schedules, generate
 from framebridge_core.training.loop import TrainConfig, build_network, train, widen_input
@@ -35,10 +34,6 @@ def _cfg(tmp_path, kind="bridge", **kw):
 def _losses(run_dir):
     with open(run_dir / "loss.csv") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
-
-
-def test_camera_motion_classes_are_the_label_table():
-    assert tuple(MOTIONS) == CAMERA_MOTIONS
 
 
 def test_smoke_training_loss_falls(tmp_path, smoke_data):

@@ -4,6 +4,7 @@ Everything except the last tests runs on synthetic tensors or procedural texture
 image package is needed.
 """
 
+import json
 import math
 import struct
 import subprocess
@@ -259,13 +260,15 @@ def test_motion_subset_labels_use_global_ids():
     assert set(labels.tolist()) == {5, 7} and ds.motions == MOTIONS and ds.motion_ids == (5, 7)
 
 
-def test_class_order_matches_the_model_label_table():
-    from framebridge_core import labels
+def test_class_order_matches_the_bundled_models():
+    """Label i means the same motion to the dataset, the shipped weights and the ComfyUI class node:
+    reordering the table would silently change what the bundled models animate."""
+    from framebridge_core.tiny.animator import BRIDGE_FILE, BRIDGE_NP_FILE, NEURAL_PRIOR_FILE, bundled
+    from framebridge_core.tiny.format import read_weights
 
-    table = getattr(labels, "CAMERA_MOTIONS", None)
-    if table is None:
-        pytest.skip("framebridge_core.labels has no CAMERA_MOTIONS table")
-    assert tuple(table) == MOTIONS
+    for name in (BRIDGE_FILE, BRIDGE_NP_FILE, NEURAL_PRIOR_FILE):
+        _, meta = read_weights(str(bundled(name)))
+        assert tuple(json.loads(meta["framebridge.classes"])) == MOTIONS, name
 
 
 # ----------------------------------------------------------------------------- sources and splits
