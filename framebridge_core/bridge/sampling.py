@@ -107,8 +107,9 @@ def _noise_for(step: int, like: torch.Tensor, noise: Optional[NoiseSource], gene
         if tuple(eps.shape) != tuple(like.shape):
             raise ShapeError(f"noise for step {step} has shape {tuple(eps.shape)}, expected {tuple(like.shape)}.")
         return eps.to(device=like.device, dtype=like.dtype)
-    if generator is None:
-        return torch.randn(like.shape, device=like.device, dtype=like.dtype)
+    if generator is None:  # never the global RNG: a run without a generator is the seed-0 run
+        generator = torch.Generator().manual_seed(0)
+        generator.manual_seed(step)  # one stream per step, so the step order does not matter
     # draw on the generator's device in float32, so a seed gives the same noise on any device
     eps = torch.randn(like.shape, generator=generator, device=generator.device, dtype=torch.float32)
     return eps.to(device=like.device, dtype=like.dtype)
@@ -137,7 +138,8 @@ def sample_bridge(
             of bridge indices.
         spacing: ``"trailing"``, ``"uniform"`` or ``"iddpm"`` (see ``BridgeSchedule.timesteps``).
         method: ``"sde"`` (official), ``"ode"`` (η = 0 after an SDE first step) or ``"mixed"``.
-        generator: source of the step noise; ``None`` uses torch's default generator.
+        generator: source of the step noise; ``None`` gives fixed noise (seed = step number), never
+            torch's global generator, so sampling neither depends on nor changes global state.
         callback: called after every denoiser evaluation with a dict ``step``, ``total``,
             ``index``, ``x`` (the state after the step; x̂0 on the last) and ``denoised``.
             Raising from it (e.g. on Cancel) stops sampling.

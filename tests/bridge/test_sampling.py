@@ -292,3 +292,16 @@ def test_cfg_denoiser():
     assert uncond_calls == []
     assert torch.equal(cfg_denoiser(cond, uncond, 7.0)(x, 5, x), torch.full((3,), 13.0))
     assert uncond_calls == [5]
+
+
+def test_no_generator_never_touches_the_global_rng():
+    """Without a generator the sde sampler draws fixed noise, not from (or advancing) torch's global RNG."""
+    prior = torch.zeros(3, 4, dtype=torch.float64)
+    before = torch.get_rng_state()
+    a = sample_bridge(gaussian_oracle(0.0, 1.0), prior, S, 10)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(7)  # move the global RNG on: the result must not change
+    b = sample_bridge(gaussian_oracle(0.0, 1.0), prior, S, 10)
+    torch.set_rng_state(before)
+    assert torch.equal(a, b)
+    assert a.abs().max() > 1e-3   # noise was drawn (the oracle alone would return the prior's mean 0)
