@@ -99,6 +99,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     animators = _animators(args)
     ref = animators["bridge"]
     size, frames = ref.size, ref.frames
+    from ..training.data.sources import warn_unavailable
+
+    warn_unavailable()
     test = CameraMotionDataset("test", size=size, frames=frames, seed=args.seed)
     truth, labels, _ = test.fixed_set(args.clips, seed=args.seed)
     names = [MOTIONS[int(i)] for i in labels]

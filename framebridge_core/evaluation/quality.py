@@ -454,7 +454,9 @@ def _check_classes(models: dict) -> None:
 def _evaluation_sets(args, models: dict, size: int, frames: int, sources: tuple[str, ...]) -> tuple:
     """``(test_set, (truth, labels), (ref, ref_labels))``: the evaluation set and the FD reference set."""
     from ..training.data.camera_motion import CameraMotionDataset
+    from ..training.data.sources import warn_unavailable
 
+    warn_unavailable(sources)
     test_set = CameraMotionDataset("test", size=size, frames=frames, seed=args.seed, include=sources)
     truth, labels, _ = test_set.fixed_set(args.clips, seed=args.seed)
     ref, ref_labels, _ = test_set.fixed_set(args.clips, seed=args.seed + 1)

@@ -142,8 +142,10 @@ def add_conv_head(state: dict[str, torch.Tensor], net: torch.nn.Module) -> dict[
 
 def _dataset(cfg: TrainConfig, split: str = "train"):
     from .data.camera_motion import CameraMotionDataset
+    from .data.sources import warn_unavailable
 
     p = PRESETS[cfg.preset]
+    warn_unavailable(cfg.sources)
     return CameraMotionDataset(split=split, size=p["size"], frames=p["frames"], seed=cfg.data_seed,
                                include=tuple(cfg.sources))
 

@@ -470,6 +470,25 @@ def list_sources(
     return names
 
 
+def unavailable_kinds(include: Iterable[str] = SOURCE_KINDS) -> list[str]:
+    """The real-photo kinds of ``include`` that yield no image here (their package is missing)."""
+    return [k for k in _check_include(include) if k != "textures" and not _scan_kind(k)]
+
+
+def warn_unavailable(include: Iterable[str] = SOURCE_KINDS, stream=None) -> list[str]:
+    """Say loudly on stderr which requested photo sources are missing (data would be textures only)."""
+    import sys
+
+    missing = unavailable_kinds(include)
+    if missing:
+        (stream or sys.stderr).write(
+            f"WARNING: image source(s) {', '.join(missing)} are unavailable (package not installed): the "
+            f"camera-motion clips will come from the remaining sources only, which changes what a model learns "
+            f"and what a benchmark measures. Install them with `pip install -e \".[train]\"`, or pass "
+            f"--sources to choose the sources explicitly.\n")
+    return missing
+
+
 def load_source(name: str) -> torch.Tensor:
     """The source image ``[3, h, w]`` (float32, 0..1, short side :data:`SHORT_SIDE`) for a name.
 

@@ -373,3 +373,18 @@ def test_fixed_set_renders_the_same_views_with_other_motions():
     assert float((video[:, -1] - video[:, 0]).abs().mean()) > 0.02        # the set itself moves
     with pytest.raises(ConfigError, match="render_as has 3 motions; the set has n=9"):
         ds.fixed_set(9, seed=3, render_as=[0, 0, 0])
+
+
+def test_missing_photo_packages_are_announced_loudly(monkeypatch):
+    """train / bench warn on stderr when a requested photo source yields nothing (package missing)."""
+    import io
+
+    from framebridge_core.training.data import sources
+
+    monkeypatch.setattr(sources, "_scan_kind", lambda kind: () if kind == "skimage" else ("x:1",))
+    out = io.StringIO()
+    assert sources.warn_unavailable(("skimage", "sklearn", "textures"), stream=out) == ["skimage"]
+    text = out.getvalue()
+    assert text.startswith("WARNING: image source(s) skimage are unavailable") and ".[train]" in text
+    quiet = io.StringIO()
+    assert sources.warn_unavailable(("sklearn", "textures"), stream=quiet) == [] and quiet.getvalue() == ""
