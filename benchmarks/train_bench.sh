@@ -1,74 +1,64 @@
 #!/usr/bin/env bash
-# Train every variant of the quality benchmark at the `bench` preset (32x32 px, 8 frames), one
-# after the other, then run the benchmark. Budgets are wall-clock minutes per variant; every run
-# passes --resume, so running the script again continues each run up to its (possibly raised)
-# budget instead of starting over, and a finished run is only re-exported.
+# Train every variant of the quality benchmark at the `bench` preset (32x32 px, 8 frames) for a
+# fixed number of optimizer steps, for several training seeds, then run the benchmark over them.
 #
-#   benchmarks/train_bench.sh                      # defaults below, from the repository root or anywhere
-#   THREADS=2 BRIDGE_MIN=10 DIFFUSION_MIN=10 benchmarks/train_bench.sh
-#   SKIP_TRAIN=1 benchmarks/train_bench.sh         # only the benchmark
+# Fairness: within a seed every variant sees the same batches in the same order (the batch stream
+# depends only on --seed and --batch) and every from-scratch variant takes the same number of
+# optimizer steps; the fine-tunes (bridge + neural prior, SAF, plain fine-tune) take the same number
+# of extra steps on top of the model they start from. Step counts, not minutes, so a busy machine
+# changes the wall time only.
 #
-# Model weights go to $RUNS/<variant>/ (state.pt, model.safetensors, loss.csv); the benchmark
-# writes $OUT (benchmarks/RESULTS.md).
+#   benchmarks/train_bench.sh                          # seeds 0 1 2, defaults below
+#   SEEDS="0" STEPS=200 FINETUNE_STEPS=100 benchmarks/train_bench.sh
+#   SKIP_TRAIN=1 benchmarks/train_bench.sh             # only the benchmark
+#   SKIP_BENCH=1 benchmarks/train_bench.sh             # only the training
+#   ARCH=1 benchmarks/train_bench.sh                   # also the linear-head (patch grid) variants, first seed
+#
+# Every run passes --resume: running the script again continues unfinished runs, and a finished run
+# is only re-exported. Weights go to $RUNS/seed<S>/<variant>/; the benchmark writes $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python}
 RUNS=${RUNS:-runs}
 PRESET=${PRESET:-bench}
-SEED=${SEED:-0}
-THREADS=${THREADS:-0}          # torch threads; 0 = torch's default
-STEPS=${STEPS:-100000}         # default step cap of every variant (high: the minute budgets decide)
-# equal step counts make "the same budget" exact for bridge vs diffusion even on a busy machine
-BRIDGE_STEPS=${BRIDGE_STEPS:-$STEPS}
-DIFFUSION_STEPS=${DIFFUSION_STEPS:-$STEPS}
-NEURAL_PRIOR_STEPS=${NEURAL_PRIOR_STEPS:-$STEPS}
-BRIDGE_NP_STEPS=${BRIDGE_NP_STEPS:-$STEPS}
-SAF_STEPS=${SAF_STEPS:-$STEPS}
-PLAIN_FINETUNE_STEPS=${PLAIN_FINETUNE_STEPS:-$STEPS}
-BRIDGE_X0_STEPS=${BRIDGE_X0_STEPS:-$BRIDGE_STEPS}
-SOURCES=${SOURCES:-}           # image sources, e.g. "textures"; empty = all (skimage, sklearn, templates, textures)
-
-BRIDGE_MIN=${BRIDGE_MIN:-7}
-DIFFUSION_MIN=${DIFFUSION_MIN:-7}
-NEURAL_PRIOR_MIN=${NEURAL_PRIOR_MIN:-4}
-BRIDGE_NP_MIN=${BRIDGE_NP_MIN:-4}        # on top of the bridge it starts from
-SAF_MIN=${SAF_MIN:-3}                    # on top of the diffusion model it starts from
-PLAIN_FINETUNE_MIN=${PLAIN_FINETUNE_MIN:-3}
-BRIDGE_X0_MIN=${BRIDGE_X0_MIN:-$BRIDGE_MIN}   # the bridge with the bundled models' x0 output
-
-NFE=${NFE:-5,10,25,50}
-CLIPS=${CLIPS:-144}
+SEEDS=${SEEDS:-0 1 2}
+THREADS=${THREADS:-1}            # torch threads per run
+STEPS=${STEPS:-400}              # every from-scratch variant
+FINETUNE_STEPS=${FINETUNE_STEPS:-200}   # every fine-tune, on top of its starting model
+SOURCES=${SOURCES:-}             # image sources, e.g. "textures"; empty = all (skimage, sklearn, templates, textures)
+NFE=${NFE:-10,25}
+CLIPS=${CLIPS:-72}
 OUT=${OUT:-benchmarks/RESULTS.md}
-BENCH_ARGS=${BENCH_ARGS:-}     # more benchmark options, e.g. "--classifier-steps 1500"
+BENCH_ARGS=${BENCH_ARGS:-}       # more benchmark options, e.g. "--classifier-steps 1500"
+
+train() {  # train <seed> <variant folder> <steps> <train options...>
+  local seed=$1 name=$2 steps=$3
+  shift 3
+  "$PYTHON" -m framebridge_core train --preset "$PRESET" --steps "$steps" --seed "$seed" --threads "$THREADS" \
+    ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/seed$seed/$name" --resume "$@"
+}
 
 if [ -z "${SKIP_TRAIN:-}" ]; then
-  # 1. FrameBridge from scratch
-  "$PYTHON" -m framebridge_core train --kind bridge --preset "$PRESET" --minutes "$BRIDGE_MIN" --steps "$BRIDGE_STEPS" \
-    --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/bridge" --resume
-  # 2. the diffusion counterpart (noise to video, DDIM)
-  "$PYTHON" -m framebridge_core train --kind diffusion --preset "$PRESET" --minutes "$DIFFUSION_MIN" --steps "$DIFFUSION_STEPS" \
-    --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/diffusion" --resume
-  # 3. the one-pass neural prior
-  "$PYTHON" -m framebridge_core train --kind neural-prior --preset "$PRESET" --minutes "$NEURAL_PRIOR_MIN" --steps "$NEURAL_PRIOR_STEPS" \
-    --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/neural-prior" --resume
-  # 4. FrameBridge + neural prior, warm-started from the bridge
-  "$PYTHON" -m framebridge_core train --kind bridge-np --preset "$PRESET" --minutes "$BRIDGE_NP_MIN" --steps "$BRIDGE_NP_STEPS" \
-    --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/bridge-np" --resume \
-    --init-from "$RUNS/bridge/model.safetensors" --neural-prior "$RUNS/neural-prior/model.safetensors"
-  # 5. SAF: the diffusion model fine-tuned into a bridge with SNR alignment
-  "$PYTHON" -m framebridge_core train --kind saf --preset "$PRESET" --minutes "$SAF_MIN" --steps "$SAF_STEPS" \
-    --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/saf" --resume \
-    --init-from "$RUNS/diffusion/model.safetensors"
-  # 6. the same fine-tuning without alignment
-  "$PYTHON" -m framebridge_core train --kind plain-finetune --preset "$PRESET" --minutes "$PLAIN_FINETUNE_MIN" --steps "$PLAIN_FINETUNE_STEPS" \
-    --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/plain-finetune" --resume \
-    --init-from "$RUNS/diffusion/model.safetensors"
-  # 7. FrameBridge from scratch with the x0 output of the bundled tiny models
-  "$PYTHON" -m framebridge_core train --kind bridge --bridge-output x0 --preset "$PRESET" --minutes "$BRIDGE_X0_MIN" \
-    --steps "$BRIDGE_X0_STEPS" --seed "$SEED" --threads "$THREADS" ${SOURCES:+--sources "$SOURCES"} --out "$RUNS/bridge-x0" --resume
+  first=${SEEDS%% *}
+  for s in $SEEDS; do
+    d="$RUNS/seed$s"
+    train "$s" bridge "$STEPS" --kind bridge                       # FrameBridge from the still image (official eps_psi output)
+    train "$s" bridge-x0 "$STEPS" --kind bridge --bridge-output x0 # the same with the bundled models' x0 output
+    train "$s" diffusion "$STEPS" --kind diffusion                 # noise to video, DDIM
+    train "$s" neural-prior "$STEPS" --kind neural-prior           # the one-pass neural prior
+    train "$s" bridge-np "$FINETUNE_STEPS" --kind bridge-np --bridge-output x0 \
+      --init-from "$d/bridge-x0/model.safetensors" --neural-prior "$d/neural-prior/model.safetensors"
+    train "$s" saf "$FINETUNE_STEPS" --kind saf --init-from "$d/diffusion/model.safetensors"
+    train "$s" plain-finetune "$FINETUNE_STEPS" --kind plain-finetune --init-from "$d/diffusion/model.safetensors"
+    if [ -n "${ARCH:-}" ] && [ "$s" = "$first" ]; then  # the official linear unpatchify, for the architecture table
+      train "$s" bridge-x0-linear "$STEPS" --kind bridge --bridge-output x0 --head-width 0
+      train "$s" neural-prior-linear "$STEPS" --kind neural-prior --head-width 0
+    fi
+  done
 fi
 
 # the benchmark (trains and caches $RUNS/motion-classifier.safetensors on first use)
-"$PYTHON" -m framebridge_core bench quality --runs "$RUNS" --nfe "$NFE" --clips "$CLIPS" --seed "$SEED" \
+[ -n "${SKIP_BENCH:-}" ] && exit 0
+"$PYTHON" -m framebridge_core bench quality --runs "$RUNS" --nfe "$NFE" --clips "$CLIPS" \
   --threads "$THREADS" --out "$OUT" $BENCH_ARGS

@@ -28,14 +28,15 @@ from ..errors import ConfigError
 
 #: Variants in the order they are evaluated and listed.
 VARIANTS = ("bridge", "diffusion", "bridge-np", "neural-prior", "saf", "plain-finetune", "bridge-x0",
-            "bridge-precond")
+            "bridge-precond", "bridge-x0-linear", "neural-prior-linear")
 #: run folders holding a model of another variant: ``bridge-x0`` / ``bridge-precond`` are ``bridge``
 #: networks trained with ``--bridge-output x0`` (the output of the bundled tiny models) or
 #: ``precond``; optional
-VARIANT_OF = {"bridge-x0": "bridge", "bridge-precond": "bridge"}
+VARIANT_OF = {"bridge-x0": "bridge", "bridge-precond": "bridge", "bridge-x0-linear": "bridge",
+              "neural-prior-linear": "neural-prior"}
 #: The order they are trained in (``benchmarks/train_bench.sh``).
-TRAIN_ORDER = ("bridge", "diffusion", "neural-prior", "bridge-np", "saf", "plain-finetune", "bridge-x0",
-               "bridge-precond")
+TRAIN_ORDER = ("bridge", "bridge-x0", "diffusion", "neural-prior", "bridge-np", "saf", "plain-finetune",
+               "bridge-precond", "bridge-x0-linear", "neural-prior-linear")
 LABELS = {
     "bridge": "FrameBridge",
     "diffusion": "diffusion (DDIM)",
@@ -45,6 +46,8 @@ LABELS = {
     "plain-finetune": "non-SAF fine-tune",
     "bridge-x0": "FrameBridge, x0 output (ours)",
     "bridge-precond": "FrameBridge, precond output",
+    "bridge-x0-linear": "FrameBridge, x0 output, linear head (official unpatchify)",
+    "neural-prior-linear": "neural prior alone, linear head (official unpatchify)",
     "copy": "copy first frame",
     "real": "ground truth (real-vs-real floor)",
 }
@@ -67,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m framebridge_core bench quality",
         description="Quality benchmark of the trained variants on held-out camera-motion clips.")
-    p.add_argument("--runs", default="runs", help="folder with <variant>/model.safetensors (default: runs)")
+    p.add_argument("--runs", default="runs",
+                   help="folder with seed<S>/<variant>/model.safetensors for each training seed, or "
+                        "<variant>/model.safetensors for one (default: runs)")
     p.add_argument("--nfe", type=_parse_nfe, default=[5, 10, 25, 50],
                    help="function evaluations to test, comma list (default: 5,10,25,50)")
     p.add_argument("--clips", type=int, default=144,
@@ -128,6 +133,17 @@ def _train_command(path: Path) -> Optional[str]:
     return " ".join(parts)
 
 
+def _seed_dirs(runs: Path) -> list[tuple[Optional[int], Path]]:
+    """The training seeds: ``<runs>/seed<S>/`` folders (``benchmarks/train_bench.sh``), or ``<runs>``
+    itself as a single seed when it has none."""
+    found = []
+    for d in runs.glob("seed*"):
+        hit = re.fullmatch(r"seed(\d+)", d.name)
+        if hit and d.is_dir():
+            found.append((int(hit.group(1)), d))
+    return sorted(found) or [(None, runs)]
+
+
 def _load_models(runs: Path) -> tuple[dict, dict[str, str]]:
     """``<runs>/<variant>/model.safetensors`` of every variant; a missing variant is reported and skipped."""
     from ..tiny.format import EXPORT_FILE, META_PREFIX, load_trained
@@ -175,7 +191,7 @@ def _geometry(models: dict, preset: Optional[str]) -> tuple[int, int, str]:
                           + ", ".join(f"{k} {s}px x {f} frames" for k, (s, f) in shapes.items())
                           + "; train every variant with the same --preset.")
     size, frames = next(iter(shapes.values()))
-    names = {_preset_name(m["net"].config) for k, m in models.items() if k != "neural-prior"}
+    names = {_preset_name(m["net"].config) for k, m in models.items() if not k.startswith("neural-prior")}
     return size, frames, "/".join(sorted(names)) or _preset_name(next(iter(models.values()))["net"].config)
 
 
@@ -231,7 +247,7 @@ def _classifier(path: Path, args, size: int, frames: int, sources: tuple[str, ..
 # ----------------------------------------------------------------------------- scoring
 
 
-def _score(video: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, clf, ref_feats) -> dict:
+def _score(video: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, clf, ref_feats, patch: int) -> dict:
     """The metrics of one set of videos against the ground truth (see :mod:`.metrics`).
 
     * PSNR and SSIM per frame (frames 1..F−1), the last frame's PSNR, and first-frame fidelity
@@ -240,9 +256,14 @@ def _score(video: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, clf, 
       TRAIN-split ground truth, against a second, disjoint draw of real test clips of the same size
       (``ref_feats``); the real-vs-real FD (the ground truth of the evaluation clips against that
       reference set) is the floor a perfect generator would reach at this sample size;
-    * the classifier's accuracy on the videos (is the requested motion recognisable?).
+    * the classifier's accuracy on the videos (is the requested motion recognisable?);
+    * the patch grid: :func:`.metrics.blockiness` at the networks' patch size, mean over clips,
+      worst frame (the ground truth is the reference, ≈ 1);
+    * sharpness: high-frequency energy over the ground truth's, frames 1..F−1 (1 = as sharp;
+      below = blurrier, above = noisier).
     """
-    from .metrics import classifier_accuracy, extract_features, frechet_distance, psnr, ssim
+    from .metrics import (blockiness, classifier_accuracy, extract_features, frechet_distance,
+                          high_frequency_energy, psnr, ssim)
 
     p = psnr(video, truth)  # [N, F]
     s = ssim(video, truth)
@@ -255,6 +276,8 @@ def _score(video: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor, clf, 
         "psnr_by_frame": [round(float(v), 3) for v in p.mean(0)],
         "fd": frechet_distance(extract_features(clf, video), ref_feats),
         "accuracy": classifier_accuracy(clf, video, labels),
+        "blockiness": float(blockiness(video, patch).max()),
+        "hf_ratio": float((high_frequency_energy(video)[1:] / high_frequency_energy(truth)[1:].clamp_min(1e-12)).mean()),
     }
 
 
@@ -291,15 +314,48 @@ def _fmt(v, spec: str) -> str:
 
 
 COLUMNS = ("variant", "NFE", "PSNR 1..F−1 (dB) ↑", "SSIM 1..F−1 ↑", "last-frame PSNR ↑", "first-frame PSNR ↑",
-           "FD ↓", "motion acc. ↑", "s/clip")
+           "FD ↓", "motion acc. ↑", "blockiness (worst frame) →1", "HF / truth →1", "s/clip")
+#: the per-row numbers that are averaged over training seeds
+METRICS = ("psnr", "ssim", "last_psnr", "first_psnr", "fd", "accuracy", "blockiness", "hf_ratio", "sec_per_clip")
+
+
+def _pm(r: dict, key: str, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """``mean ± std`` over training seeds (just the value for one seed)."""
+    v = r.get(key)
+    if v is None:
+        return "—"
+    text = _fmt(v * scale, spec) + unit
+    std = r.get(key + "_std")
+    return text if std is None else f"{text} ± {_fmt(std * scale, spec)}{unit}"
 
 
 def _row_cells(r: dict) -> list[str]:
-    acc = r.get("accuracy")
     return [LABELS[r["variant"]], "—" if r["nfe"] is None else str(r["nfe"]),
-            _fmt(r.get("psnr"), ".2f"), _fmt(r.get("ssim"), ".3f"), _fmt(r.get("last_psnr"), ".2f"),
-            _fmt(r.get("first_psnr"), ".2f"), _fmt(r.get("fd"), ".4g"),
-            "—" if acc is None else f"{100 * acc:.1f}%", _fmt(r.get("sec_per_clip"), ".3g")]
+            _pm(r, "psnr", ".2f"), _pm(r, "ssim", ".3f"), _pm(r, "last_psnr", ".2f"),
+            _pm(r, "first_psnr", ".2f"), _pm(r, "fd", ".4g"), _pm(r, "accuracy", ".1f", 100, "%"),
+            _pm(r, "blockiness", ".3f"), _pm(r, "hf_ratio", ".3f"), _pm(r, "sec_per_clip", ".3g")]
+
+
+def _aggregate(per_seed: Sequence[Sequence[dict]]) -> list[dict]:
+    """One row per (variant, NFE): every metric's mean over the training seeds and, with more than
+    one seed, its sample standard deviation (``<metric>_std``); ``seeds`` counts them."""
+    groups: dict[tuple, list[dict]] = {}
+    for rows in per_seed:
+        for r in rows:
+            groups.setdefault((r["variant"], r["nfe"]), []).append(r)
+    out = []
+    for (variant, nfe), rs in groups.items():
+        agg = {"variant": variant, "nfe": nfe, "seeds": len(rs)}
+        for m in METRICS:
+            vals = torch.tensor([float(r[m]) for r in rs if r.get(m) is not None], dtype=torch.float64)
+            if len(vals):
+                agg[m] = float(vals.mean())
+                agg[m + "_std"] = float(vals.std()) if len(vals) > 1 else None
+        agg["psnr_by_frame"] = [round(float(v), 3) for v in
+                                torch.tensor([r["psnr_by_frame"] for r in rs], dtype=torch.float64).mean(0)]
+        out.append(agg)
+    order = {k: i for i, k in enumerate(("copy",) + VARIANTS + ("real",))}
+    return sorted(out, key=lambda r: (order[r["variant"]], r["nfe"] or 0))
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -317,11 +373,11 @@ def _fd_table(rows: list[dict], nfes: list[int], floor: float) -> str:
     header = ["FD ↓ by NFE"] + [str(n) for n in nfes]
     body = []
     for k in kinds:
-        by = {r["nfe"]: r["fd"] for r in rows if r["variant"] == k}
-        if k == "neural-prior":
-            body.append([LABELS[k] + " (1 pass)"] + [_fmt(by.get(1), ".4g")] * len(nfes))
+        by = {r["nfe"]: r for r in rows if r["variant"] == k}
+        if VARIANT_OF.get(k, k) == "neural-prior":
+            body.append([LABELS[k] + " (1 pass)"] + [_pm(by[1], "fd", ".4g") if 1 in by else "—"] * len(nfes))
         else:
-            body.append([LABELS[k]] + [_fmt(by.get(n), ".4g") for n in nfes])
+            body.append([LABELS[k]] + [_pm(by[n], "fd", ".4g") if n in by else "—" for n in nfes])
     copy = next((r["fd"] for r in rows if r["variant"] == "copy"), None)
     body.append([LABELS["copy"]] + [_fmt(copy, ".4g")] * len(nfes))
     body.append([LABELS["real"]] + [_fmt(floor, ".4g")] * len(nfes))
@@ -331,15 +387,17 @@ def _fd_table(rows: list[dict], nfes: list[int], floor: float) -> str:
 def _frame_table(rows: list[dict], nfes: list[int], frames: int) -> str:
     """Mean PSNR of every frame index at one NFE (the ratio's, else the largest)."""
     nfe = RATIO_NFE if RATIO_NFE in nfes else max(nfes)
+    one_pass = {"neural-prior", "neural-prior-linear"}
     picked = [r for r in rows if r["variant"] == "copy"
-              or (r["variant"] in VARIANTS and (r["nfe"] == nfe or r["variant"] == "neural-prior"))]
+              or (r["variant"] in VARIANTS and (r["nfe"] == nfe or r["variant"] in one_pass))]
     header = [f"PSNR (dB) by frame, {nfe} NFE"] + [str(i) for i in range(frames)]
-    body = [[LABELS[r["variant"]] + (f" ({r['nfe']} NFE)" if r["variant"] == "neural-prior" else "")]
+    body = [[LABELS[r["variant"]] + (f" ({r['nfe']} NFE)" if r["variant"] in one_pass else "")]
             + [f"{v:.2f}" for v in r["psnr_by_frame"]] for r in picked]
     return _md_table(header, body)
 
 
 def _ratio(rows: list[dict]) -> Optional[float]:
+    """FrameBridge's FD over the diffusion model's at :data:`RATIO_NFE`, for one training seed."""
     fd = {r["variant"]: r["fd"] for r in rows if r["nfe"] == RATIO_NFE}
     if "bridge" not in fd or "diffusion" not in fd:
         return None
@@ -348,19 +406,36 @@ def _ratio(rows: list[dict]) -> Optional[float]:
     return fd["bridge"] / fd["diffusion"]
 
 
-def _reading(rows: list[dict], nfes: list[int], floor: float) -> list[str]:
+def _ratio_stats(per_seed: Sequence[Sequence[dict]]) -> tuple[Optional[float], Optional[float], list[float]]:
+    """``(mean, std or None, per-seed ratios)`` of :func:`_ratio` over the training seeds."""
+    ratios = [r for r in (_ratio(rows) for rows in per_seed) if r is not None]
+    if not ratios:
+        return None, None, []
+    t = torch.tensor(ratios, dtype=torch.float64)
+    return float(t.mean()), (float(t.std()) if len(ratios) > 1 else None), ratios
+
+
+def _ratio_text(mean: Optional[float], std: Optional[float], ratios: Sequence[float]) -> str:
+    if mean is None:
+        return "n/a"
+    if std is None:
+        return f"{mean:.3g}"
+    return f"{mean:.3g} ± {std:.2g} (mean ± std over {len(ratios)} training seeds: " + ", ".join(
+        f"{r:.3g}" for r in ratios) + ")"
+
+
+def _reading(rows: list[dict], nfes: list[int], floor: float, ratio: Optional[float]) -> list[str]:
     """Plain statements of who wins, computed from the numbers."""
     out = []
     gen = [r for r in rows if r["variant"] in VARIANTS]
     for n in nfes:
-        at = [r for r in gen if r["nfe"] == n or (r["variant"] == "neural-prior" and r["nfe"] == 1)]
+        at = [r for r in gen if r["nfe"] == n or (VARIANT_OF.get(r["variant"], r["variant"]) == "neural-prior")]
         if len(at) < 2:
             continue
         best = min(at, key=lambda r: r["fd"])
         best_psnr = max(at, key=lambda r: r["psnr"])
         out.append(f"At {n} NFE the lowest FD is {LABELS[best['variant']]} ({best['fd']:.4g}; floor {floor:.4g}) "
                    f"and the highest PSNR is {LABELS[best_psnr['variant']]} ({best_psnr['psnr']:.2f} dB).")
-    ratio = _ratio(rows)
     if ratio is not None:
         verdict = "lower (better)" if ratio < 1 else "higher (worse)" if ratio > 1 else "equal"
         out.append(f"At {RATIO_NFE} NFE FrameBridge's FD is {ratio:.3g}x the diffusion model's: {verdict}.")
@@ -369,6 +444,17 @@ def _reading(rows: list[dict], nfes: list[int], floor: float) -> list[str]:
         beat = sorted({LABELS[r["variant"]] for r in gen if r["fd"] < copy["fd"]})
         out.append("Variants whose FD beats copying the first frame at some NFE: "
                    + (", ".join(beat) if beat else "none") + ".")
+    prior = next((r for r in gen if r["variant"] == "neural-prior"), None)
+    if prior is not None:
+        for r in gen:
+            if r["variant"] == "bridge-np" and r["nfe"] == RATIO_NFE:
+                better = [what for what, ok in (("FD", r["fd"] < prior["fd"]),
+                                                ("sharpness", abs(r["hf_ratio"] - 1) < abs(prior["hf_ratio"] - 1)))
+                          if ok]
+                out.append(f"At {RATIO_NFE} NFE FrameBridge + neural prior against the neural prior alone: FD "
+                           f"{r['fd']:.4g} vs {prior['fd']:.4g}, HF/truth {r['hf_ratio']:.3f} vs {prior['hf_ratio']:.3f}: "
+                           + ("sampling is better on " + " and ".join(better) if better else "sampling does not pay")
+                           + ".")
     return out
 
 
@@ -382,13 +468,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _write_report(path: Path, *, argv: Sequence[str], args, rows, nfes, floor, models, missing, preset, size,
+def _write_report(path: Path, *, argv: Sequence[str], args, rows, nfes, floor, seeds, preset, size,
                   frames, sources, test_set, clf_meta, clf_params, clf_cached, heldout_acc, per_class, notes,
-                  seconds) -> None:
+                  seconds, ratio_stats) -> None:
     from ..training.data.camera_motion import MOTIONS
 
-    ratio = _ratio(rows)
-    ratio_text = "n/a" if ratio is None else f"{ratio:.3g}"
+    ratio_text = _ratio_text(*ratio_stats)
     bench_cmd = "python -m framebridge_core bench quality " + " ".join(shlex.quote(a) for a in argv)
     L = ["# Quality benchmark results", "",
          f"Written by `{bench_cmd.strip()}` on {_dt.datetime.now().isoformat(timespec='minutes')} "
@@ -404,16 +489,19 @@ def _write_report(path: Path, *, argv: Sequence[str], args, rows, nfes, floor, m
          f"* Sampling: bridges `{args.method}` on the trailing grid, diffusion DDIM; NFE = sampler steps; "
          f"class guidance scale {args.cfg:g}" + (" (no guidance, the same for every variant)" if args.cfg == 1 else "")
          + f"; sampler noise seeded per batch of {args.batch} from seed {args.seed}, the same for every variant.",
-         "* Generated videos are clamped to [-1, 1] before scoring.", ""]
+         "* Generated videos are clamped to [-1, 1] before scoring.",
+         f"* Training seeds: {len(seeds)}; every number is the mean over them"
+         + (" ± the sample standard deviation" if len(seeds) > 1 else "") + ".", ""]
     L += ["## Models", ""]
     mrows = []
-    for k in VARIANTS:
-        if k in models:
-            m = models[k]["meta"]
-            mrows.append([LABELS[k], f"`{models[k]['path']}`", m.get("steps", "?"), m.get("train_minutes", "?"),
-                          m.get("batch", "?"), m.get("seed", "?"), m.get("date", "?")])
-        else:
-            mrows.append([LABELS[k], "missing: " + missing.get(k, "?"), "—", "—", "—", "—", "—"])
+    for _, models, missing in seeds:
+        for k in VARIANTS:
+            if k in models:
+                m = models[k]["meta"]
+                mrows.append([LABELS[k], f"`{models[k]['path']}`", m.get("steps", "?"), m.get("train_minutes", "?"),
+                              m.get("batch", "?"), m.get("seed", "?"), m.get("date", "?")])
+            elif not k.endswith("-linear") and k != "bridge-precond":
+                mrows.append([LABELS[k], "missing: " + missing.get(k, "?"), "—", "—", "—", "—", "—"])
     L += [_md_table(["variant", "file", "train steps", "train minutes", "batch", "seed", "date"], mrows), ""]
     L += ["## Motion classifier", "",
           f"`MotionClassifier` ({clf_params / 1000:.0f}k parameters, 64-d features), "
@@ -425,21 +513,45 @@ def _write_report(path: Path, *, argv: Sequence[str], args, rows, nfes, floor, m
           _md_table(["motion"] + list(MOTIONS), [["accuracy"] + [f"{100 * a:.0f}%" for a in per_class]]), ""]
     L += ["## Results", "", _main_table(rows), "", _fd_table(rows, nfes, floor), "",
           _frame_table(rows, nfes, frames), "", f"**bridge/diffusion FD ratio at {RATIO_NFE} NFE: {ratio_text}**", ""]
-    L += ["Reading (generated from the numbers above):", ""] + [f"* {s}" for s in _reading(rows, nfes, floor)] + [""]
+    L += ["Reading (generated from the numbers above):", ""] + [
+        f"* {s}" for s in _reading(rows, nfes, floor, ratio_stats[0])] + [""]
     if notes:
         L += ["Notes:", ""] + [f"* {n}" for n in notes] + [""]
     L += ["## Commands", "", "Training (`benchmarks/train_bench.sh`, which adds `--resume`; each run's options as last "
           "invoked, read from its `state.pt`):",
           "", "```sh"]
-    for k in TRAIN_ORDER:
-        if k in models:
-            L.append(models[k]["command"] or f"# {k}: no state.pt next to {models[k]['path']}")
+    for _, models, _ in seeds:
+        for k in TRAIN_ORDER:
+            if k in models:
+                L.append(models[k]["command"] or f"# {k}: no state.pt next to {models[k]['path']}")
     L += ["```", "", "Benchmark:", "", "```sh", bench_cmd.strip(), "```", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(L), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def _patch(models: dict, preset: str) -> int:
+    """The networks' patch size (the grid the blockiness column measures)."""
+    from ..tiny.format import PRESETS
+
+    sizes = {m["net"].config.patch_size for m in models.values()}
+    if len(sizes) == 1:
+        return sizes.pop()
+    return PRESETS.get(preset, PRESETS["bench"])["patch"] if not sizes else min(sizes)
+
+
+def _step_notes(seeds) -> list[str]:
+    """Say so when the from-scratch variants of a seed were not trained for the same number of steps."""
+    notes = []
+    for seed, models, _ in seeds:
+        steps = {k: models[k]["meta"].get("steps") for k in ("bridge", "diffusion", "neural-prior", "bridge-x0")
+                 if k in models}
+        if len(set(steps.values())) > 1:
+            notes.append(f"{'' if seed is None else f'seed {seed}: '}the from-scratch variants took different "
+                         "step counts (" + ", ".join(f"{k} {v}" for k, v in steps.items()) + ").")
+    return notes
 
 
 def _check_classes(models: dict) -> None:
@@ -479,66 +591,73 @@ def _heldout_accuracy(clf, heldout: tuple[torch.Tensor, torch.Tensor]) -> tuple[
     return heldout_acc, per_class
 
 
-def _evaluate(models: dict, args, truth: torch.Tensor, labels: torch.Tensor, clf, ref_feats
-              ) -> tuple[list[dict], list[str], float]:
-    """Score the baselines and every variant at every NFE: ``(rows, notes, real-vs-real FD floor)``.
+def _baselines(truth: torch.Tensor, labels: torch.Tensor, clf, ref_feats, patch: int) -> tuple[list[dict], float]:
+    """The rows that need no model: copying the first frame to every frame, and the ground truth
+    itself (its FD against the reference set is the real-vs-real floor)."""
+    real = _score(truth, truth, labels, clf, ref_feats, patch)
+    floor = real["fd"]
+    copy = truth[:, :1].expand_as(truth).contiguous()
+    rows = [dict(_score(copy, truth, labels, clf, ref_feats, patch), variant="copy", nfe=0, sec_per_clip=0.0),
+            {"variant": "real", "nfe": None, "fd": floor, "accuracy": real["accuracy"],
+             "blockiness": real["blockiness"], "hf_ratio": real["hf_ratio"], "psnr_by_frame": real["psnr_by_frame"]}]
+    _log(f"real-vs-real FD floor {floor:.4g}; copy-first-frame FD {rows[0]['fd']:.4g}; "
+         f"ground-truth blockiness {real['blockiness']:.3f}")
+    return rows, floor
+
+
+def _evaluate(models: dict, args, truth: torch.Tensor, labels: torch.Tensor, clf, ref_feats, patch: int
+              ) -> tuple[list[dict], list[str]]:
+    """Score every variant of one training seed at every NFE: ``(rows, notes)``.
 
     The ground truth is held-out clips of the camera-motion dataset (the TEST split's source
     images, balanced over the 9 motions). Every trained variant animates the ground truth's first
     frame with the ground truth's motion class at each number of function evaluations (NFE) and is
-    scored against the ground truth by :func:`_score`, with the sampling seconds per clip.
-    Baselines: copying the first frame to every frame, and the ground truth itself (listed last).
-    The neural prior alone is one network pass and is scored once (NFE 1). Generated videos are
-    clamped to [-1, 1] before scoring. Class guidance (``--cfg``, 1 = off by default) is the same
-    for every variant.
+    scored against the ground truth by :func:`_score`, with the sampling seconds per clip; the
+    baselines are :func:`_baselines`. The neural prior alone is one network pass and is scored once
+    (NFE 1). Generated videos are clamped to [-1, 1] before scoring. Class guidance (``--cfg``,
+    1 = off by default) is the same for every variant, and so is the sampler noise.
     """
     from ..tiny.variants import Schedules
 
     rows: list[dict] = []
     notes: list[str] = []
-    real = _score(truth, truth, labels, clf, ref_feats)
-    floor = real["fd"]
-    rows.append({"variant": "real", "nfe": None, "fd": floor, "accuracy": real["accuracy"],
-                 "psnr_by_frame": real["psnr_by_frame"]})
-    copy = truth[:, :1].expand_as(truth).contiguous()
-    rows.append(dict(_score(copy, truth, labels, clf, ref_feats), variant="copy", nfe=0, sec_per_clip=0.0))
-    _log(f"real-vs-real FD floor {floor:.4g}; copy-first-frame FD {rows[-1]['fd']:.4g}")
-
     sched = Schedules.default()
     first = truth[:, 0]
     for kind in VARIANTS:
         if kind not in models:
             continue
-        for nfe in ([1] if kind == "neural-prior" else args.nfe):
+        for nfe in ([1] if VARIANT_OF.get(kind, kind) == "neural-prior" else args.nfe):
             video, seconds, finite = _generate_all(kind, models, first, labels, nfe, args, sched)
-            row = dict(_score(video, truth, labels, clf, ref_feats), variant=kind, nfe=nfe,
+            row = dict(_score(video, truth, labels, clf, ref_feats, patch), variant=kind, nfe=nfe,
                        sec_per_clip=seconds / args.clips)
             if not finite:
                 notes.append(f"{LABELS[kind]} at {nfe} NFE produced non-finite values (replaced by 0 before scoring).")
             rows.append(row)
-            _log(f"{kind:>15} NFE {nfe:>3}: PSNR {row['psnr']:.2f} SSIM {row['ssim']:.3f} FD {row['fd']:.4g} "
-                 f"acc {row['accuracy']:.3f} ({seconds:.1f} s)")
-
-    # ground truth last: a reference line under the generated rows
-    rows = [r for r in rows if r["variant"] != "real"] + [r for r in rows if r["variant"] == "real"]
-    return rows, notes, floor
+            _log(f"{kind:>19} NFE {nfe:>3}: PSNR {row['psnr']:.2f} FD {row['fd']:.4g} acc {row['accuracy']:.3f} "
+                 f"block {row['blockiness']:.3f} HF {row['hf_ratio']:.3f} ({seconds:.1f} s)")
+    return rows, notes
 
 
 def _write_json(path: Path, *, argv, args, preset, size, frames, sources, floor, heldout_acc, per_class,
-                clf_meta, missing, ratio, rows, models) -> None:
+                clf_meta, ratio_stats, rows, seeds, per_seed) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "argv": argv, "preset": preset, "size": size, "frames": frames, "sources": list(sources),
         "clips": args.clips, "seed": args.seed, "cfg": args.cfg, "nfe": args.nfe, "method": args.method,
         "fd_floor": floor, "classifier_accuracy": heldout_acc, "classifier_per_class": per_class,
-        "classifier": clf_meta, "missing": missing, "ratio": ratio, "rows": rows,
-        "models": {k: {"path": str(m["path"]), "meta": m["meta"], "command": m["command"]}
-                   for k, m in models.items()},
+        "classifier": clf_meta, "ratio": ratio_stats[0], "ratio_std": ratio_stats[1], "ratios": ratio_stats[2],
+        "rows": rows,
+        "training_seeds": [{"seed": seed, "missing": missing, "rows": seed_rows,
+                            "models": {k: {"path": str(m["path"]), "meta": m["meta"], "command": m["command"]}
+                                       for k, m in models.items()}}
+                           for (seed, models, missing), seed_rows in zip(seeds, per_seed)],
     }, indent=1), encoding="utf-8")
 
 
 def _print_summary(rows: list[dict], nfes: list[int], floor: float, heldout_acc: float,
                    missing: dict[str, str], ratio_text: str) -> None:
+    """The tables on stdout; the last line is ``bridge/diffusion FD ratio at 25 NFE: <x>`` (with
+    ``± <std> (...)`` after it when there are several training seeds)."""
     print(_main_table(rows))
     print()
     print(_fd_table(rows, nfes, floor))
@@ -567,13 +686,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     t_start = time.time()
     runs = Path(args.runs)
-    models, missing = _load_models(runs)
-    for k, why in missing.items():
-        _log(f"skipping {k}: {why}")
-    size, frames, preset = _geometry(models, args.preset)
-    _check_classes(models)
-    sources = _sources(models, args.sources)
-    test_set, (truth, labels), (ref, ref_labels) = _evaluation_sets(args, models, size, frames, sources)
+    seeds = []   # (training seed, models, missing)
+    for seed, folder in _seed_dirs(runs):
+        models, missing = _load_models(folder)
+        for k, why in missing.items():
+            _log(f"skipping {k}{'' if seed is None else f' (seed {seed})'}: {why}")
+        seeds.append((seed, models, missing))
+    every = {f"{k}@{seed}": m for seed, models, _ in seeds for k, m in models.items()}
+    size, frames, preset = _geometry(every, args.preset)
+    _check_classes(every)
+    sources = _sources(every, args.sources)
+    patch = _patch(every, preset)
+    test_set, (truth, labels), (ref, ref_labels) = _evaluation_sets(args, every, size, frames, sources)
 
     clf_path = Path(args.classifier) if args.classifier else runs / DEFAULT_CLASSIFIER
     heldout = (torch.cat([truth, ref]), torch.cat([labels, ref_labels]))
@@ -581,20 +705,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     heldout_acc, per_class = _heldout_accuracy(clf, heldout)
     ref_feats = extract_features(clf, ref)
 
-    rows, notes, floor = _evaluate(models, args, truth, labels, clf, ref_feats)
-    ratio = _ratio(rows)
-    ratio_text = "n/a" if ratio is None else f"{ratio:.3g}"
-    if ratio is None:
+    base_rows, floor = _baselines(truth, labels, clf, ref_feats, patch)
+    per_seed, notes = [], []
+    for seed, models, _ in seeds:
+        if len(seeds) > 1:
+            _log(f"training seed {seed}")
+        seed_rows, seed_notes = _evaluate(models, args, truth, labels, clf, ref_feats, patch)
+        per_seed.append(seed_rows)
+        notes += [n if seed is None else f"seed {seed}: {n}" for n in seed_notes]
+    rows = _aggregate([base_rows] + per_seed)
+    stats = _ratio_stats(per_seed)
+    ratio_text = _ratio_text(*stats)
+    if stats[0] is None:
         notes.append(f"The FD ratio needs both the bridge and the diffusion model evaluated at {RATIO_NFE} NFE.")
+    notes += _step_notes(seeds)
+    missing = {k: why for _, _, miss in seeds for k, why in miss.items()
+               if not any(k in models for _, models, _ in seeds)}
     out = Path(args.out)
-    _write_report(out, argv=argv, args=args, rows=rows, nfes=args.nfe, floor=floor, models=models, missing=missing,
+    _write_report(out, argv=argv, args=args, rows=rows, nfes=args.nfe, floor=floor, seeds=seeds,
                   preset=preset, size=size, frames=frames, sources=sources, test_set=test_set, clf_meta=clf_meta,
                   clf_params=sum(p.numel() for p in clf.parameters()), clf_cached=cached,
-                  heldout_acc=heldout_acc, per_class=per_class, notes=notes, seconds=time.time() - t_start)
+                  heldout_acc=heldout_acc, per_class=per_class, notes=notes, seconds=time.time() - t_start,
+                  ratio_stats=stats)
     if args.json:
         _write_json(Path(args.json), argv=argv, args=args, preset=preset, size=size, frames=frames,
                     sources=sources, floor=floor, heldout_acc=heldout_acc, per_class=per_class,
-                    clf_meta=clf_meta, missing=missing, ratio=ratio, rows=rows, models=models)
+                    clf_meta=clf_meta, ratio_stats=stats, rows=rows, seeds=seeds, per_seed=per_seed)
     _log(f"wrote {out} ({(time.time() - t_start) / 60:.1f} min)")
     _print_summary(rows, args.nfe, floor, heldout_acc, missing, ratio_text)
     return 0

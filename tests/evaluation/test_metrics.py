@@ -207,3 +207,42 @@ def test_high_frequency_energy_is_zero_for_flat_frames_and_falls_with_blur():
     sharp = torch.rand(1, 2, 3, 16, 16, generator=g)
     blurred = F.avg_pool2d(sharp.reshape(-1, 1, 16, 16), 3, 1, 1, count_include_pad=False).reshape(sharp.shape)
     assert bool((high_frequency_energy(blurred) < 0.3 * high_frequency_energy(sharp)).all())
+
+
+def test_bench_quality_aggregates_training_seeds(tmp_path, capsys):
+    """seed<S>/ folders are training seeds: every metric is mean ± std over them, and the ratio
+    line gives the mean of the per-seed bridge/diffusion ratios with their spread."""
+    import json
+
+    from framebridge_core.evaluation.quality import main
+    from framebridge_core.training.loop import TrainConfig, train
+
+    runs = tmp_path / "runs"
+    common = dict(preset="smoke", steps=2, batch=2, warmup=1, sources=("textures",), ckpt_every=1000, log_every=1000)
+    for seed in (0, 1):
+        for kind in ("bridge", "diffusion"):
+            train(TrainConfig(kind=kind, seed=seed, out=str(runs / f"seed{seed}" / kind), **common))
+    rc = main(["--runs", str(runs), "--nfe", "25", "--clips", "9", "--classifier-steps", "2",
+               "--classifier-batch", "4", "--out", str(tmp_path / "R.md"), "--json", str(tmp_path / "R.json"),
+               "--threads", "1"])
+    assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    data = json.loads((tmp_path / "R.json").read_text())
+    per_seed = [s["rows"] for s in data["training_seeds"]]
+    ratios = [next(r["fd"] for r in rows if r["variant"] == "bridge") / next(r["fd"] for r in rows if r["variant"] == "diffusion")
+              for rows in per_seed]
+    assert data["ratios"] == pytest.approx(ratios)
+    mean = sum(ratios) / 2
+    std = abs(ratios[0] - ratios[1]) / math.sqrt(2)          # sample std of two values
+    assert data["ratio"] == pytest.approx(mean) and data["ratio_std"] == pytest.approx(std)
+    assert last.startswith(f"bridge/diffusion FD ratio at 25 NFE: {mean:.3g} ± {std:.2g} (mean ± std over 2 training seeds: ")
+    row = next(r for r in data["rows"] if r["variant"] == "bridge")
+    fds = [next(r["fd"] for r in rows if r["variant"] == "bridge") for rows in per_seed]
+    assert row["seeds"] == 2 and row["fd"] == pytest.approx(sum(fds) / 2)
+    assert row["fd_std"] == pytest.approx(abs(fds[0] - fds[1]) / math.sqrt(2))
+    text = (tmp_path / "R.md").read_text()
+    assert "blockiness (worst frame)" in text and "HF / truth" in text
+    assert f"| FrameBridge | 25 | " in text and " ± " in text
+    assert "seed0/bridge/model.safetensors" in text and "seed1/diffusion/model.safetensors" in text
+    real = next(r for r in data["rows"] if r["variant"] == "real")
+    assert real["hf_ratio"] == pytest.approx(1.0) and real["fd_std"] is None
