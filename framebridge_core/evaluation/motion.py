@@ -115,6 +115,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     clf_args = SimpleNamespace(seed=args.seed, classifier_steps=800, classifier_batch=32)
     clf, clf_meta, _ = bench_quality._classifier(Path(args.classifier), clf_args, size // 2, frames // 2,
                                                  SOURCE_KINDS, heldout)
+    # FD reference: a second, disjoint draw of real test clips (as `bench quality`)
+    from .metrics import extract_features
+
+    reference, _, _ = test.fixed_set(args.clips, seed=args.seed + 1)
+    scoring = SimpleNamespace(clf=clf, ref_feats=extract_features(clf, classifier_view(reference)),
+                              patch=ref.net.config.patch_size)
     rows = [("ground truth", truth, 0.0), ("copy first frame", truth[:, :1].expand_as(truth).contiguous(), 0.0)]
     for kind in ("bridge", "bridge-np"):
         _log(f"generating {len(names)} clips with {kind} ...")
@@ -124,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows.append((VARIANTS["neural-prior"], video, spc))
 
     moving = torch.tensor([n != "static" for n in names])
-    lines = _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, time.time() - t_start)
+    lines = _report(args, rows, truth, opposite, labels, moving, scoring, clf_meta, names, time.time() - t_start)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     _sheet(args, animators["bridge-np"], contact_sheet)
@@ -137,7 +143,7 @@ def _db(value: float, fmt: str) -> str:
 
 
 def _score_row(name: str, video: torch.Tensor, spc: float, truth: torch.Tensor, opposite: torch.Tensor,
-               labels: torch.Tensor, moving: torch.Tensor, clf, num_motions: int) -> tuple[str, str]:
+               labels: torch.Tensor, moving: torch.Tensor, scoring, num_motions: int) -> tuple[str, str]:
     """One model's line in the main table and in the per-motion accuracy table.
 
     * **motion accuracy**: the share of generated clips in which the benchmark's motion classifier
@@ -148,10 +154,22 @@ def _score_row(name: str, video: torch.Tensor, spc: float, truth: torch.Tensor, 
       its PSNR to the true last frame of the *opposite* motion (pan-left vs pan-right, zoom-in vs
       zoom-out, ...), rendered from the same source view: a model that follows the motion is
       closer to the requested one;
+    * **FD**: Fréchet distance of the classifier's features (same view) to a second, disjoint draw
+      of real test clips, as in ``bench quality``;
+    * **blockiness**: the patch grid at the networks' patch size (:func:`.metrics.blockiness`, mean
+      over clips), worst frame; natural video ≈ 1;
+    * **HF / truth**: high-frequency energy over the ground truth's, frames 1..F−1 (below 1 =
+      blurrier, above = noisier);
     * last-frame and first-frame PSNR, and seconds per clip.
     """
+    from .metrics import blockiness, extract_features, frechet_distance, high_frequency_energy
+
+    clf = scoring.clf
     with torch.no_grad():
         pred = clf.eval()(classifier_view(video)).argmax(1)
+    fd = frechet_distance(extract_features(clf, classifier_view(video)), scoring.ref_feats)
+    block = float(blockiness(video, scoring.patch).max())
+    hf = float((high_frequency_energy(video)[1:] / high_frequency_energy(truth)[1:].clamp_min(1e-12)).mean())
     acc = float((pred == labels).float().mean())
     req = _psnr(video[:, -1], truth[:, -1])
     opp = _psnr(video[:, -1], opposite[:, -1])
@@ -159,7 +177,7 @@ def _score_row(name: str, video: torch.Tensor, spc: float, truth: torch.Tensor, 
     gap = float((req[moving] - opp[moving]).mean())
     line = (f"| {name} | {100 * acc:.1f}% | {_db(gap, '+.2f')} | {100 * closer:.0f}% | "
             f"{_db(float(_psnr(video[:, 0], truth[:, 0]).mean()), '.1f')} | "
-            f"{_db(float(req.mean()), '.2f')} | {spc:.2f} |")
+            f"{_db(float(req.mean()), '.2f')} | {fd:.4g} | {block:.3f} | {hf:.3f} | {spc:.2f} |")
     cells = []
     for m in range(num_motions):
         sel = labels == m
@@ -167,16 +185,16 @@ def _score_row(name: str, video: torch.Tensor, spc: float, truth: torch.Tensor, 
     return line, f"| {name} | " + " | ".join(cells) + " |"
 
 
-def _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, seconds) -> list[str]:
+def _report(args, rows, truth, opposite, labels, moving, scoring, clf_meta, names, seconds) -> list[str]:
     from ..training.data.camera_motion import MOTIONS
 
     motions = list(MOTIONS)
     head = ["| model | motion accuracy | requested vs opposite motion, last frame (dB) | closer to the requested motion | "
-            "frame 0 PSNR (dB) | last frame PSNR (dB) | s/clip |",
-            "|---|---|---|---|---|---|---|"]
+            "frame 0 PSNR (dB) | last frame PSNR (dB) | FD ↓ | blockiness (worst frame) →1 | HF / truth →1 | s/clip |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     per_motion = ["| model | " + " | ".join(motions) + " |", "|---|" + "---|" * len(motions)]
     for name, video, spc in rows:
-        line, motion_line = _score_row(name, video, spc, truth, opposite, labels, moving, clf, len(motions))
+        line, motion_line = _score_row(name, video, spc, truth, opposite, labels, moving, scoring, len(motions))
         head.append(line)
         per_motion.append(motion_line)
     cmd = "python -m framebridge_core bench motion " + " ".join(sys.argv[3:] if sys.argv[1:3] == ["bench", "motion"] else [])
@@ -195,6 +213,10 @@ def _report(args, rows, truth, opposite, labels, moving, clf, clf_meta, names, s
         "PSNR to the true last frame of the opposite motion (pan-left vs pan-right, zoom-in vs zoom-out, "
         "rotate-cw vs rotate-ccw, ...) of the same view; moving clips only. Positive = the clip moves the "
         "requested way; \"closer\" is the share of clips where it does.",
+        f"* FD: Fréchet distance of the same classifier's features to {len(names)} other held-out real clips "
+        "(the ground truth's row is the real-vs-real floor). Blockiness: the patch-grid ratio at the networks' "
+        "patch size, worst frame (1 = no grid). HF / truth: high-frequency energy over the ground truth's "
+        "(below 1 = blurrier, above = noisier).",
         "",
         *head,
         "",

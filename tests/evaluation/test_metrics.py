@@ -246,3 +246,30 @@ def test_bench_quality_aggregates_training_seeds(tmp_path, capsys):
     assert "seed0/bridge/model.safetensors" in text and "seed1/diffusion/model.safetensors" in text
     real = next(r for r in data["rows"] if r["variant"] == "real")
     assert real["hf_ratio"] == pytest.approx(1.0) and real["fd_std"] is None
+
+
+def test_motion_bench_row_reports_fd_blockiness_and_sharpness():
+    """`bench motion`'s row: FD against the reference features, the worst frame's blockiness and
+    the high-frequency ratio, computed on the same clips as the accuracy."""
+    from types import SimpleNamespace
+
+    from framebridge_core.evaluation.metrics import blockiness, extract_features, frechet_distance
+    from framebridge_core.evaluation.motion import _score_row, classifier_view
+
+    g = _gen(5)
+    truth = torch.rand(6, 16, 3, 64, 64, generator=g) * 2 - 1
+    blocky = truth.reshape(6, 16, 3, 8, 8, 8, 8).mean(dim=(4, 6), keepdim=True).expand(6, 16, 3, 8, 8, 8, 8)
+    blocky = blocky.reshape(truth.shape).contiguous()
+    clf = MotionClassifier().eval()
+    ref_feats = extract_features(clf, classifier_view(truth.flip(0)))
+    scoring = SimpleNamespace(clf=clf, ref_feats=ref_feats, patch=8)
+    labels, moving = torch.arange(6) % 9, torch.ones(6, dtype=torch.bool)
+    line, _ = _score_row("blocky", blocky, 0.5, truth, truth, labels, moving, scoring, 9)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    fd = frechet_distance(extract_features(clf, classifier_view(blocky)), ref_feats)
+    assert cells[6] == f"{fd:.4g}"
+    assert cells[7] == f"{float(blockiness(blocky, 8).max()):.3f}" and float(cells[7]) > 2
+    assert float(cells[8]) < 0.5        # block averages remove most of the noise's high frequencies
+    line, _ = _score_row("truth", truth, 0.0, truth, truth, labels, moving, scoring, 9)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[8] == "1.000" and abs(float(cells[7]) - 1) < 0.1
