@@ -74,6 +74,12 @@ def _add_generate(sub) -> None:
                         "bridge-np model follows the motion best); --no-neural-prior starts it from the "
                         "still image (the plain bundled bridge)")
     p.add_argument("--model", default=None, help="a model file trained by `train` instead of the bundled one")
+    p.add_argument("--frames", type=int, default=None,
+                   help="clip length (default: the model's 16); longer clips chain segments, each starting "
+                        "from the end of the clip so far (e.g. --frames 64)")
+    p.add_argument("--overlap", type=int, default=1,
+                   help="frames shared by consecutive segments and cross-faded (default 1: the last frame "
+                        "starts the next segment)")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the written frames (default 4)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -82,6 +88,7 @@ def _add_generate(sub) -> None:
 def _generate(args) -> int:
     import torch
 
+    from .bridge.extend import Extended, seam_report
     from .tiny.animator import DEFAULT_IMAGE, TinyAnimator
     from .video_io import contact_sheet, load_image, write_animation
 
@@ -91,12 +98,19 @@ def _generate(args) -> int:
     animator = TinyAnimator(args.model, neural_prior=args.neural_prior)
     frame = load_image(args.image or DEFAULT_IMAGE, animator.size)
     t1 = time.time()
-    video = animator.animate(frame, args.motion, steps=args.steps, cfg=args.cfg, seed=args.seed)
+    frames = args.frames if args.frames is not None else animator.frames
+    extended = animator.animate_long(frame, args.motion, frames, overlap=args.overlap, steps=args.steps,
+                                     cfg=args.cfg, seed=args.seed)
+    video = extended.video
     t2 = time.time()
     out = write_animation(video, args.out, fps=args.fps, scale=args.scale)
-    sheet = contact_sheet([video], out.with_name(out.stem + "-sheet.png"), scale=2)
+    rows = list(video.split(animator.frames))  # one row per model window
+    sheet = contact_sheet(rows, out.with_name(out.stem + "-sheet.png"), scale=2)
     print(f"{out} ({video.shape[0]} frames, {video.shape[-1] * args.scale}px, motion {args.motion}); "
           f"contact sheet {sheet}; generation {t2 - t1:.1f} s, total {time.time() - t0:.1f} s")
+    if extended.seams:
+        report = seam_report(Extended((video + 1) / 2, extended.seams, extended.overlap, extended.segment_length))
+        print(f"{len(extended.seams)} segments chained; " + "; ".join(report.lines()) + " (values in [0, 1])")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..bridge.extend import Extended, check_overlap, extend_clip
 from ..errors import ConfigError
 from ..labels import motion_key
 from .format import META_PREFIX, load_trained
@@ -118,3 +119,35 @@ class TinyAnimator:
                          cfg_scale=self.default_cfg if cfg is None else cfg, generator=gen, neural_prior=self.prior_net, callback=callback,
                          keep_first_frame=keep_first_frame)
         return video[0].clamp(-1, 1)
+
+    def animate_long(self, frame: torch.Tensor, motion: str, frames: int, *, overlap: int = 1, steps: int = 25,
+                     cfg: Optional[float] = None, seed: int = 0, keep_first_frame: bool = True,
+                     callback: Optional[Callable[[int, int], None]] = None) -> Extended:
+        """A clip of ``frames`` frames: :meth:`animate` (seed ``seed``), then segments chained by
+        :func:`~framebridge_core.bridge.extend.extend_clip`. Segment ``n`` starts from the clip's frame
+        ``-overlap`` with seed ``seed + n`` (its prior built as for the first clip); the ``overlap``
+        shared frames are cross-faded.
+        ``frames`` up to the model's frame count gives :meth:`animate`'s clip, cut to length.
+        ``callback(done, total)`` runs after each segment."""
+        if int(frames) < 1:
+            raise ConfigError(f"frames={frames} is not possible; ask for at least 1 frame (the model makes "
+                              f"{self.frames} per segment).")
+        check_overlap(overlap, self.frames)
+        first = self.animate(frame, motion, steps=steps, cfg=cfg, seed=seed, keep_first_frame=keep_first_frame)
+        if int(frames) <= first.shape[0]:
+            return Extended(first[:int(frames)], [], int(overlap), self.frames)
+
+        def make_segment(index: int, tail: torch.Tensor) -> torch.Tensor:
+            return self.continue_from(tail, motion, steps=steps, cfg=cfg, seed=seed + index,
+                                      keep_first_frame=keep_first_frame)
+
+        return extend_clip(first, make_segment, int(frames), self.frames, overlap, callback)
+
+    def continue_from(self, tail: torch.Tensor, motion: str, *, steps: int = 25, cfg: Optional[float] = None,
+                      seed: int = 0, keep_first_frame: bool = True) -> torch.Tensor:
+        """One segment ``[F, 3, S, S]`` that starts at ``tail[0]`` (``tail [k, 3, S, S]``: the last k frames
+        of a clip, which the joining cross-fades)."""
+        if tail.ndim != 4 or tuple(tail.shape[1:]) != (3, self.size, self.size):
+            raise ConfigError(f"the clip's tail has shape {tuple(tail.shape)}; this model continues "
+                              f"[k, 3, {self.size}, {self.size}] clips.")
+        return self.animate(tail[0], motion, steps=steps, cfg=cfg, seed=seed, keep_first_frame=keep_first_frame)
