@@ -14,7 +14,6 @@ from comfy_api.latest import io
 import comfy.model_management as mm
 import comfy.samplers
 import comfy.utils
-import latent_preview
 
 from .common import CheckedNode
 from ..framebridge_core.bridge.schedule import SPACINGS
@@ -22,6 +21,7 @@ from ..framebridge_core.errors import ConfigError, ShapeError
 from ..framebridge_core.families.frames import PRIOR_KEY
 from ..framebridge_core.bridge.sampling import METHODS, sample_bridge
 from .prior import require_bridge_model
+from .previews import video_preview_callback
 
 CATEGORY = "FrameBridge/sampling"
 _SEED_MIX = 0x9E3779B97F4A7C15
@@ -198,7 +198,7 @@ class BridgeSamplerNode(CheckedNode):
         guider = comfy.samplers.CFGGuider(model)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
-        callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, {})
+        callback = video_preview_callback(model, sigmas.shape[-1] - 1)  # a strip of frames, not frame 0 only
         out = guider.sample(noise, samples, BridgeSampler(_method(method), eta), sigmas, denoise_mask=None, callback=callback,
                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         out = out.to(mm.intermediate_device())
