@@ -14,12 +14,24 @@ Nothing is written into the ComfyUI checkout: ComfyUI runs on a temporary base d
 (``args.base_directory`` / ``--base-directory``) whose ``custom_nodes/`` holds a symlink to this
 repository, and whose ``models/`` and ``input/`` hold tiny random stand-in weights and a small
 PNG written by the fixtures below. ComfyUI runs on the CPU.
+
+Kept lean (one test session: about 4 GB at most, on two cores): ComfyUI boots in this process once,
+and at most one ``main.py`` server runs, started by the first test that needs it and shared by the
+rest of the session. Both use PyTorch's scaled-dot-product attention: on the CPU ComfyUI otherwise
+picks its sub-quadratic attention, which sizes its chunks by the free memory of the machine (one
+stand-in video workflow then took over 8 GB). After each test module the models it loaded are
+unloaded and freed memory goes back to the system.
+
+``.ci/run`` sets FRAMEBRIDGE_REQUIRE_HOST=1: then a missing or broken host fails the run instead of
+skipping the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import ctypes
+import gc
 import importlib.util
 import json
 import os
@@ -99,11 +111,24 @@ def _skip_reason() -> str:
     return ""
 
 
+def host_required() -> bool:
+    """FRAMEBRIDGE_REQUIRE_HOST=1 (set by .ci/run when it prepared a host): no skipping."""
+    return os.environ.get("FRAMEBRIDGE_REQUIRE_HOST", "") not in ("", "0")
+
+
+def skip_or_fail(reason: str):
+    if host_required():
+        pytest.fail(f"FRAMEBRIDGE_REQUIRE_HOST is set but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def pytest_collection_modifyitems(config, items):
     ours = [item for item in items if HOST_DIR in Path(item.path).resolve().parents]
     if not ours:
         return
     reason = _skip_reason()
+    if reason and host_required():
+        raise pytest.UsageError(f"FRAMEBRIDGE_REQUIRE_HOST is set but the host tests cannot run: {reason}")
     for item in ours:
         item.add_marker(pytest.mark.host)
         if reason:
@@ -324,7 +349,7 @@ def make_base_dir(base: Path) -> Path:
 def comfy_root() -> Path:
     root, reason = find_comfyui()
     if root is None:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     return root
 
 
@@ -350,6 +375,7 @@ def host(comfy_root, tmp_path_factory) -> Host:
         from comfy.cli_args import args
 
         args.cpu = True  # before comfy.model_management is imported
+        args.use_pytorch_cross_attention = True  # see the module docstring: memory-bounded attention on the CPU
         args.base_directory = str(base)  # read by folder_paths at import time
         args.disable_auto_launch = True
         import folder_paths
@@ -359,7 +385,7 @@ def host(comfy_root, tmp_path_factory) -> Host:
         import nodes
         import server
     except ImportError as exc:
-        pytest.skip(f"ComfyUI at {comfy_root} does not import in {sys.executable}: {exc}. Use ComfyUI's venv: {RUN_HINT}")
+        skip_or_fail(f"ComfyUI at {comfy_root} does not import in {sys.executable}: {exc}. Use ComfyUI's venv: {RUN_HINT}")
     assert Path(folder_paths.base_path).resolve() == base.resolve(), "ComfyUI was imported before the host fixture"
     write_stand_in_files(base)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
@@ -370,6 +396,26 @@ def host(comfy_root, tmp_path_factory) -> Host:
     yield Host(comfy_root, base, {"nodes": nodes, "execution": execution, "server": server,
                                   "folder_paths": folder_paths})
     comfy.model_management.unload_all_models()
+
+
+def release_memory() -> None:
+    """Unload what ComfyUI holds in this process, collect, and hand freed heap back to the system."""
+    mm = sys.modules.get("comfy.model_management")
+    if mm is not None:
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed tensor memory otherwise
+    except (OSError, AttributeError):
+        pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_memory_after_each_module():
+    """Each host module's models and runs go when the module ends (peak memory stays that of one module)."""
+    yield
+    release_memory()
 
 
 @pytest.fixture(scope="session")
@@ -431,17 +477,19 @@ class Server:
         raise AssertionError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def comfy_server(host, tmp_path_factory):
-    """``python main.py --cpu`` on a free loopback port, with the pack and the stand-in files.
-    Always terminated at teardown."""
+    """``python main.py --cpu`` on a free loopback port, with the pack and the stand-in files; one per
+    test session (started by the first test that asks for it). Always terminated at teardown.
+    The stand-in files are copied from the in-process host's base directory when it starts."""
     base = make_base_dir(tmp_path_factory.mktemp("comfy_server_base"))
     shutil.copytree(host.base / "models", base / "models", dirs_exist_ok=True)
     shutil.copytree(host.base / "input", base / "input", dirs_exist_ok=True)
     port = _free_port()
     log_path = base / "server.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+           "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
+           "--use-pytorch-cross-attention"]
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=str(host.root), stdout=log, stderr=subprocess.STDOUT, env=env,
