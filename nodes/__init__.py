@@ -10,10 +10,11 @@ def node_classes() -> list:
     from .loaders import LoadCogVideoXVAE, LoadFrameBridge, LoadFrameBridgeCheckpoint, LoadNeuralPrior
     from .prior import BridgePriorFromImage, NeuralPrior
     from .sampler import BridgeSamplerNode, BridgeSamplerSelect, BridgeScheduleNode
+    from .extend_video import ExtendVideo
 
     return [LoadFrameBridge, LoadNeuralPrior, UCF101Class, CameraMotion, BridgePriorFromImage, NeuralPrior,
             BridgeSamplerNode, BridgeSamplerSelect, BridgeScheduleNode, *BIVDIFF_NODES, LoadFrameBridgeCheckpoint,
-            FrameStride, LoadCogVideoXVAE, CogVideoXTextEncode]
+            FrameStride, LoadCogVideoXVAE, CogVideoXTextEncode, ExtendVideo]
 
 
 def create_extension():

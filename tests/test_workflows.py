@@ -36,6 +36,7 @@ OUR_WIDGETS: dict[str, tuple] = {
     "FB_BridgeSchedule": ("steps", "spacing"),
     "FB_LoadCogVideoXVAE": ("vae_name", "tiled", "dtype"),
     "FB_CogVideoXTextEncode": ("text", "tokens"),
+    "FB_ExtendVideo": ("frames", "overlap", "seed", CONTROL, "steps", "spacing", "cfg", "method", "eta"),
 }
 
 #: Nodes that exist only in the frontend; they have no API-format counterpart.

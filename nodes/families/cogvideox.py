@@ -41,15 +41,27 @@ CONFIG_ATTACHMENT = "framebridge_cogvideox_config"
 log = logging.getLogger(__name__)
 
 
+#: latent -> RGB preview factors for CogVideoX's VAE latents (16 rows of R, G, B), a least-squares fit
+#: published with kijai/ComfyUI-CogVideoXWrapper (latent_preview.py, Apache-2.0); no bias
+COGVIDEOX_RGB_FACTORS = [
+    [0.1195, 0.0992, -0.0048], [-0.0012, 0.0550, 0.0213], [-0.0141, -0.0087, -0.0210], [0.0306, 0.1219, 0.0140],
+    [0.0927, 0.0303, 0.0508], [0.0379, 0.0494, 0.0586], [0.0177, 0.0088, 0.0360], [0.1061, 0.0234, 0.0572],
+    [0.1274, -0.0110, 0.0433], [-0.0187, 0.0822, 0.1061], [0.0084, 0.0762, 0.0930], [0.1294, 0.1236, 0.0448],
+    [0.0457, 0.0411, -0.0177], [0.0002, -0.0140, 0.0533], [0.0808, 0.1155, -0.0215], [-0.0152, -0.0058, 0.0722],
+]
+
+
 class CogVideoXLatent(comfy.latent_formats.LatentFormat):
-    """CogVideoX-2B's 3-D VAE latents: 16 channels, [B, 16, T, H, W], scaling factor 1.15258426."""
+    """CogVideoX-2B's 3-D VAE latents: 16 channels, [B, 16, T, H, W], scaling factor 1.15258426; live
+    previews map them to RGB with :data:`COGVIDEOX_RGB_FACTORS`."""
 
     latent_channels = 16
     latent_dimensions = 3
 
     def __init__(self):
         self.scale_factor = 1.15258426
-        self.latent_rgb_factors = None
+        self.latent_rgb_factors = COGVIDEOX_RGB_FACTORS
+        self.latent_rgb_factors_bias = None
         self.taesd_decoder_name = None
 
 
