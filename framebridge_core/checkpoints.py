@@ -168,6 +168,30 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], Optional[str
                           f"(a mapping of parameter names to tensors).")
 
 
+def _refuse_non_safetensors(path: Path, kind: str, size: int) -> None:
+    """A file named .safetensors that is not one: a pickle (which can run code) or other bytes. A truncated real
+    safetensors file (plausible header length) is left to the reader, which reports it as truncated."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(max(0, size - 1))
+        last = f.read(1)
+    if kind == "torch":
+        found = ("a PyTorch checkpoint (a zip of pickles, torch.save)" if head[:4] == b"PK\x03\x04"
+                 else "a Python pickle (torch.save / pickle.dump)")
+    else:
+        header = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if 2 <= header <= size - 8:
+            return
+        found = ("a Python pickle (protocol 0/1)" if last == b"." and head[:1] in (b"c", b"(", b"}", b"]")
+                 else f"not the safetensors format (its first 8 bytes give a {header}-byte header in a "
+                      f"{size}-byte file)")
+    raise CheckpointError(
+        f"'{path.name}' is named .safetensors but holds {found}, so it was not read: a pickle can run code "
+        f"when loaded, and files named .safetensors must be safetensors. Convert it with "
+        f"safetensors.torch.save_file, or, if it is a plain weights file from a source you trust, rename it to "
+        f".pt (then it is read with weights_only=True: tensors only, no code).")
+
+
 def load_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a checkpoint safely. Returns ``(state_dict, metadata)``.
 
@@ -187,6 +211,8 @@ def load_state_dict(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, 
         raise _corrupt(path, "the file is empty")
     kind = _sniff(path)
     suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES and kind != "safetensors":
+        _refuse_non_safetensors(path, kind, size)
     if not kind:
         if suffix in SAFETENSORS_SUFFIXES:
             kind = "safetensors"
@@ -316,8 +342,58 @@ def load_weights_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor
     module.load_state_dict(dict(state_dict), strict=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# Checkpoints of other kinds (what a user may pick by mistake)
+# ----------------------------------------------------------------------------------------------
+
+#: (what it is, the loader that reads it): files of models this pack does not load, told apart by their keys
+FOREIGN_KINDS = {
+    "sdxl": ("a Stable Diffusion XL checkpoint (an image model)", "core 'Load Checkpoint' (models/checkpoints)"),
+    "sd": ("a Stable Diffusion 1.x/2.x checkpoint (an image model)", "core 'Load Checkpoint' (models/checkpoints)"),
+    "sd_unet": ("a Stable Diffusion UNet without its text encoder and VAE (an image model)",
+                "core 'Load Diffusion Model' (models/diffusion_models)"),
+    "controlnet": ("a ControlNet", "core 'Load ControlNet Model' (models/controlnet)"),
+    "lora": ("a LoRA", "core 'LoraLoaderModelOnly' on the loaded MODEL (models/loras)"),
+    "cogvideox_vae": ("the CogVideoX VAE", "'Load CogVideoX VAE' (models/vae)"),
+    "vae": ("a VAE", "core 'Load VAE' (models/vae)"),
+    "text_encoder": ("a text encoder (CLIP / T5)", "core 'Load CLIP' (models/text_encoders)"),
+}
+
+
+def foreign_kind(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """A key of :data:`FOREIGN_KINDS` when the keys are those of a well-known non-FrameBridge model, else None."""
+    keys = list(state_dict)
+
+    def has(fragment: str) -> bool:
+        return any(fragment in k for k in keys)
+
+    def starts(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("lora_up.") or has("lora_down.") or has(".lora_A.") or has(".lora_B."):
+        return "lora"
+    if has("input_hint_block.") or has("controlnet_cond_embedding."):
+        return "controlnet"
+    unet = ("model.diffusion_model.input_blocks.0.0.weight" in state_dict
+            or "diffusion_model.input_blocks.0.0.weight" in state_dict)
+    if unet and not has("temopral_conv"):
+        return "sdxl" if starts("conditioner.embedders.") or has("diffusion_model.label_emb.") else "sd"
+    if "input_blocks.0.0.weight" in state_dict and not has("temopral_conv"):
+        return "sd_unet"
+    if ("conv_in.weight" in state_dict and "down_blocks.0.resnets.0.conv1.weight" in state_dict
+            and not has("temp_convs.") and "transformer_in.proj_in.weight" not in state_dict):
+        return "sd_unet"
+    if starts("encoder.") and starts("decoder.") and (has("conv_in.conv.") or has("time_conv")):
+        return "cogvideox_vae"
+    if (starts("encoder.") and starts("decoder.")) or starts("first_stage_model.") or starts("taesd_"):
+        return "vae"
+    if starts("text_model.") or starts("cond_stage_model.") or has("SelfAttention.q.weight") or starts("shared.weight"):
+        return "text_encoder"
+    return None
+
+
 __all__ = [
-    "CONTAINER_KEYS", "FamilyDetector", "FamilyInfo", "STRIP_PREFIXES", "check_state_dict", "check_weight_values",
+    "CONTAINER_KEYS", "FOREIGN_KINDS", "foreign_kind", "FamilyDetector", "FamilyInfo", "STRIP_PREFIXES", "check_state_dict", "check_weight_values",
     "diffusers_weight_files",
     "load_diffusers_folder", "load_state_dict",
     "load_weights_strict", "normalize_state_dict",

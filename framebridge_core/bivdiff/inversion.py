@@ -36,6 +36,9 @@ def ddim_timesteps(steps: int, num_train: int = NUM_TRAIN_TIMESTEPS, offset: int
     if not 1 <= int(steps) <= num_train:
         raise ConfigError(f"steps={steps} is outside 1..{num_train}; BIVDiff uses 50.")
     ratio = num_train // steps
+    # the offset may not push the last step past the table: with 1000 steps (ratio 1) the steps are 999..0,
+    # not 1000..1 (the table has indices 0..999); every other count keeps diffusers' offset
+    offset = min(offset, num_train - 1 - (steps - 1) * ratio)
     return [i * ratio + offset for i in reversed(range(steps))]
 
 
