@@ -27,12 +27,11 @@ import latent_preview
 
 from ..framebridge_core.bivdiff import presets as bivdiff
 from ..framebridge_core.checkpoints import load_state_dict, normalize_state_dict
-from ..framebridge_core.families import detect_family
 from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D
-from ..framebridge_core.errors import CheckpointError, ConfigError, ShapeError
-from ..framebridge_core.bivdiff.inversion import LADDERS, inversion_ladder, mix_latents
+from ..framebridge_core.errors import ConfigError, ShapeError
+from ..framebridge_core.bivdiff.inversion import LADDERS, check_mixing_ratio, inversion_ladder, mix_latents
 from ..framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
-from .common import CheckedNode, WEIGHT_DTYPES
+from .common import CheckedNode, WEIGHT_DTYPES, check_choice, check_number, identify, wrong_loader
 from .families.modelscope import build_modelscope_patcher
 from .paths import file_fingerprint
 
@@ -71,13 +70,13 @@ class LoadVideoModel(CheckedNode):
 
     @classmethod
     def execute(cls, unet_name, weight_dtype) -> io.NodeOutput:
+        node = "Load BIVDiff Video Model"
+        check_choice(weight_dtype, WEIGHT_DTYPES, node, "weight_dtype")
         path = folder_paths.get_full_path_or_raise(VIDEO_MODEL_FOLDER, unet_name)
         sd, meta = load_state_dict(path)
-        info = detect_family(sd, meta)
+        info = identify(unet_name, sd, meta, node)
         if info.name != MODELSCOPE_UNET3D:
-            raise CheckpointError(
-                f"'{unet_name}' is a '{info.name}' checkpoint, not a ModelScope / ZeroScope video UNet; load "
-                f"FrameBridge models with 'Load FrameBridge', image models with the core loaders.")
+            raise wrong_loader(unet_name, info.name, node, "ModelScope / ZeroScope video UNets")
         sd, _, _ = normalize_state_dict(sd)
         return io.NodeOutput(build_modelscope_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
 
@@ -201,6 +200,13 @@ class MixedInversion(CheckedNode):
     @classmethod
     def execute(cls, latent, image_model, image_conditioning, video_model, video_conditioning, mixing_ratio, steps,
                 ladder) -> io.NodeOutput:
+        node = "BIVDiff Mixed Inversion"
+        check_choice(ladder, LADDERS, node, "ladder")
+        check_number(steps, node, "steps", 1, 1000)
+        try:
+            check_mixing_ratio(mixing_ratio)
+        except ConfigError as e:
+            raise ConfigError(f"{node}: {e}") from e
         samples = latent["samples"]
         if samples.ndim != 4:
             raise ShapeError(
@@ -256,6 +262,7 @@ class SelectFrames(CheckedNode):
 
     @classmethod
     def execute(cls, images, stride, frames, if_too_short) -> io.NodeOutput:
+        check_choice(if_too_short, bivdiff.FRAME_POLICIES, "BIVDiff Select Frames", "if_too_short")
         idx = bivdiff.stride_indices(images.shape[0], stride, frames, if_too_short)
         return io.NodeOutput(images[idx])
 
@@ -279,6 +286,7 @@ class OutpaintingMask(CheckedNode):
 
     @classmethod
     def execute(cls, images, direction) -> io.NodeOutput:
+        check_choice(direction, bivdiff.OUTPAINT_DIRECTIONS, "BIVDiff Outpainting Mask", "direction")
         m = bivdiff.outpainting_mask(images.shape[1], images.shape[2], direction)
         return io.NodeOutput(m[None].expand(images.shape[0], -1, -1).contiguous())
 

@@ -8,17 +8,21 @@ from comfy_api.latest import io
 
 import node_helpers
 
-from .common import CheckedNode
-from ..framebridge_core.labels import CAMERA_MOTIONS, UCF101_CLASSES, UCF101_NULL_CLASS
+from .common import CheckedNode, check_choice
+from ..framebridge_core.labels import CAMERA_MOTIONS, UCF101_CLASSES
 from .families.cogvideox import t5_tokens
 
 #: "the null class of the model it meets": resolved by the model (its last class-table row)
 NULL_LABEL = -1
 
 
-def class_conditioning(label: int) -> list:
-    """A CONDITIONING that carries only a class label (the network has no text encoder)."""
-    return [[torch.zeros(1, 1, 1), {"fb_class": int(label)}]]
+def class_conditioning(label: int, name: str = "", node: str = "") -> list:
+    """A CONDITIONING that carries only a class label (the network has no text encoder); ``name`` and ``node``
+    (the class name and the node that chose it) let a model that lacks the class say which choice to change."""
+    extras = {"fb_class": int(label)}
+    if name:
+        extras["fb_class_source"] = (name, node)
+    return [[torch.zeros(1, 1, 1), extras]]
 
 
 class UCF101Class(CheckedNode):
@@ -45,8 +49,10 @@ class UCF101Class(CheckedNode):
 
     @classmethod
     def execute(cls, class_name) -> io.NodeOutput:
-        label = UCF101_CLASSES.index(class_name)
-        return io.NodeOutput(class_conditioning(label), class_conditioning(UCF101_NULL_CLASS))
+        node = "FrameBridge UCF-101 Class"
+        label = UCF101_CLASSES.index(check_choice(class_name, UCF101_CLASSES, node, "class_name"))
+        # the negative is "the null class of the model it meets" (101 for the UCF-101 models)
+        return io.NodeOutput(class_conditioning(label, class_name, node), class_conditioning(NULL_LABEL))
 
 
 class CameraMotion(CheckedNode):
@@ -76,7 +82,9 @@ class CameraMotion(CheckedNode):
 
     @classmethod
     def execute(cls, motion) -> io.NodeOutput:
-        return io.NodeOutput(class_conditioning(CAMERA_MOTIONS.index(motion)), class_conditioning(NULL_LABEL))
+        node = "FrameBridge Camera Motion"
+        label = CAMERA_MOTIONS.index(check_choice(motion, CAMERA_MOTIONS, node, "motion"))
+        return io.NodeOutput(class_conditioning(label, motion, node), class_conditioning(NULL_LABEL))
 
 
 class FrameStride(CheckedNode):

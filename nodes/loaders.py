@@ -11,13 +11,12 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from ..framebridge_core.checkpoints import load_state_dict, load_weights_strict, normalize_state_dict
-from ..framebridge_core.families import detect_family
 from ..framebridge_core.families.cogvideox.checkpoint import COGVIDEOX
 from ..framebridge_core.families.latte.checkpoint import LATTE_BRIDGE, LATTE_NEURAL_PRIOR
 from ..framebridge_core.errors import CheckpointError
 from ..framebridge_core.families.latte.frames import LatteNeuralPriorFrames
 from ..framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
-from .common import CheckedNode, WEIGHT_DTYPES, comfy_attention
+from .common import CheckedNode, WEIGHT_DTYPES, check_choice, comfy_attention, identify, wrong_loader
 from .families.bridge import latent_space_of
 from .families.cogvideox import build_cogvideox_patcher, load_cogvideox_vae
 from .families.latte import build_latte_patcher
@@ -39,10 +38,10 @@ class NeuralPriorNet:
     latent_space: str = "sd-vae"
 
 
-def _read(ckpt_name: str):
+def _read(ckpt_name: str, node: str):
     path = full_path(ckpt_name)
     sd, meta = load_state_dict(path)
-    info = detect_family(sd, meta)
+    info = identify(ckpt_name, sd, meta, node)
     sd, _, _ = normalize_state_dict(sd)
     return path, sd, info, meta
 
@@ -89,7 +88,8 @@ class LoadFrameBridge(CheckedNode):
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
-        path, sd, info, meta = _read(ckpt_name)
+        check_choice(weight_dtype, WEIGHT_DTYPES, "Load FrameBridge", "weight_dtype")
+        path, sd, info, meta = _read(ckpt_name, "Load FrameBridge")
         variant = meta.get("framebridge.variant", "bridge")
         if variant in _NOT_LOADABLE:
             raise CheckpointError(
@@ -107,8 +107,8 @@ class LoadFrameBridge(CheckedNode):
         if info.name == COGVIDEOX:
             return io.NodeOutput(build_cogvideox_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
         if info.name != LATTE_BRIDGE:
-            raise CheckpointError(f"'{ckpt_name}' is a '{info.name}' checkpoint; Load FrameBridge supports "
-                                  f"FrameBridge-Latte, -VideoCrafter and -CogVideoX bridge models.")
+            raise wrong_loader(ckpt_name, info.name, "Load FrameBridge",
+                               "FrameBridge-Latte, -VideoCrafter and -CogVideoX bridge models")
         return io.NodeOutput(build_latte_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype], meta))
 
 
@@ -137,12 +137,9 @@ class LoadNeuralPrior(CheckedNode):
 
     @classmethod
     def execute(cls, ckpt_name) -> io.NodeOutput:
-        path, sd, info, meta = _read(ckpt_name)
+        path, sd, info, meta = _read(ckpt_name, "Load Neural Prior")
         if info.name != LATTE_NEURAL_PRIOR:
-            raise CheckpointError(
-                f"'{ckpt_name}' is a '{info.name}' checkpoint, not a neural prior network: load bridge "
-                f"models with 'Load FrameBridge'."
-            )
+            raise wrong_loader(ckpt_name, info.name, "Load Neural Prior", "FrameBridge neural prior networks")
         net = LatteNeuralPriorFrames(info.config, attention=comfy_attention)
         load_weights_strict(net.net.nwarp_model, sd, "FrameBridge-Latte neural prior network")
         net.eval()
@@ -180,6 +177,7 @@ class LoadFrameBridgeCheckpoint(CheckedNode):
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
+        check_choice(weight_dtype, WEIGHT_DTYPES, "Load FrameBridge Checkpoint", "weight_dtype")
         model, clip, vae, clip_vision = load_videocrafter(full_path(ckpt_name), WEIGHT_DTYPES[weight_dtype])
         missing = [n for n, v in (("CLIP (cond_stage_model.*)", clip), ("VAE (first_stage_model.*)", vae),
                                   ("CLIP_VISION (embedder.*)", clip_vision)) if v is None]
@@ -227,5 +225,6 @@ class LoadCogVideoXVAE(CheckedNode):
     def execute(cls, vae_name, tiled, dtype) -> io.NodeOutput:
         import folder_paths
 
+        check_choice(dtype, ("default", "fp32", "bf16", "fp16"), "Load CogVideoX VAE", "dtype")
         path = folder_paths.get_full_path_or_raise("vae", vae_name)
         return io.NodeOutput(load_cogvideox_vae(path, tiled=tiled, dtype=WEIGHT_DTYPES[dtype]))

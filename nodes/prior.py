@@ -9,15 +9,18 @@ import comfy.model_management as mm
 import comfy.utils
 import node_helpers
 
-from .common import CheckedNode
+from .common import CheckedNode, check_choice, check_number
 from ..framebridge_core.errors import ConfigError, ShapeError
 from .loaders import PriorNet
 from .families.bridge import LATENT_FORMATS, bridge_info
 from .families.cogvideox import check_text, cogvideox_prior
+from .families.latte import check_class
 from .families.videocrafter import videocrafter_prior_values
 
 CATEGORY = "FrameBridge"
 RESIZE_MODES = ("center crop", "stretch", "none")
+#: the most frames Bridge Prior from Image makes (its widget maximum; checked before allocating)
+MAX_LENGTH = 512
 
 
 def require_bridge_model(model, node: str):
@@ -59,7 +62,7 @@ class BridgePriorFromImage(CheckedNode):
                 io.Image.Input("image", tooltip="The first frame. A batch of N images makes N videos."),
                 io.Conditioning.Input("positive", tooltip="Conditioning to attach the image to (e.g. from 'FrameBridge UCF-101 Class')."),
                 io.Conditioning.Input("negative", tooltip="Unconditional branch of guidance; gets the same image."),
-                io.Int.Input("length", default=16, min=1, max=512,
+                io.Int.Input("length", default=16, min=1, max=MAX_LENGTH,
                              tooltip="Frames per video. FrameBridge-Latte and -VideoCrafter always make 16 (fixed by the "
                                      "network); FrameBridge-CogVideoX takes 4k+1 frames and was trained on 17."),
                 io.Combo.Input("resize", options=list(RESIZE_MODES), default="center crop",
@@ -79,6 +82,8 @@ class BridgePriorFromImage(CheckedNode):
     @classmethod
     def execute(cls, model, vae, image, positive, negative, length, resize, clip_vision_output=None) -> io.NodeOutput:
         info = require_bridge_model(model, "Bridge Prior from Image")
+        check_choice(resize, RESIZE_MODES, "Bridge Prior from Image", "resize")
+        check_number(length, "Bridge Prior from Image", "length", 1, MAX_LENGTH)  # before any memory is taken
         if not bool(torch.isfinite(image).all()):
             raise ShapeError("Bridge Prior from Image: the image has NaN or infinite pixels (a broken upstream node or "
                              "file); the video would come out black. Check the node that makes the image.")
@@ -136,6 +141,13 @@ def _cogvideox(model, vae, image, positive, negative, length, resize, info) -> i
     return io.NodeOutput(positive, negative, {"samples": prior})
 
 
+def _class_source(conditioning):
+    for _, extras in conditioning:
+        if "fb_class_source" in extras:
+            return extras["fb_class_source"]
+    return None
+
+
 def _class_label(conditioning) -> int | None:
     for _, extras in conditioning:
         if "fb_class" in extras:
@@ -172,12 +184,23 @@ class NeuralPrior(CheckedNode):
     def execute(cls, prior_net, positive, negative, prior) -> io.NodeOutput:
         cfg = prior_net.config
         samples = prior["samples"]
-        if samples.ndim != 4 or samples.shape[1] != cfg.latent_channels or samples.shape[-1] != cfg.input_size:
-            raise ShapeError(
-                f"the prior has shape {tuple(samples.shape)}, but this neural prior takes "
-                f"[frames, {cfg.latent_channels}, {cfg.input_size}, {cfg.input_size}] latents; build it with "
-                f"'Bridge Prior from Image' and the matching VAE."
-            )
+        want = f"[frames, {cfg.latent_channels}, {cfg.input_size}, {cfg.input_size}]"
+        if samples.ndim != 4:
+            raise ShapeError(f"Neural Prior: the prior has shape {tuple(samples.shape)}, but this neural prior takes "
+                             f"{want} latents (frames as batch); make it with 'Bridge Prior from Image'.")
+        frames, channels, height, width = (int(n) for n in samples.shape)
+        if channels != cfg.latent_channels:
+            raise ShapeError(f"Neural Prior: the prior has {channels} channels, but this neural prior takes "
+                             f"{cfg.latent_channels}-channel latents {want}; use the VAE the models were trained with "
+                             f"in 'Bridge Prior from Image'.")
+        if (height, width) != (cfg.input_size, cfg.input_size):
+            raise ShapeError(f"Neural Prior: the prior is {width}x{height} (width x height), but this neural prior "
+                             f"takes {cfg.input_size}x{cfg.input_size} latents {want}; make the prior with "
+                             f"'Bridge Prior from Image' for the same FrameBridge model and VAE.")
+        if frames == 0 or frames % cfg.num_frames:
+            raise ShapeError(f"Neural Prior: the prior has {frames} frames, but this neural prior takes videos of "
+                             f"{cfg.num_frames} frames (a multiple of {cfg.num_frames} for several videos); set "
+                             f"length={cfg.num_frames} in 'Bridge Prior from Image'.")
         label = _class_label(positive)
         if label is None and cfg.num_classes > 0:
             raise ConfigError("Neural Prior: the positive conditioning has no class label; connect "
@@ -185,6 +208,8 @@ class NeuralPrior(CheckedNode):
                               "'Bridge Prior from Image'.")
         if label is not None and label < 0:
             label = cfg.null_class
+        elif label is not None:
+            check_class(cfg, label, _class_source(positive), LATENT_FORMATS[prior_net.latent_space], "Neural Prior")
         fmt = LATENT_FORMATS[prior_net.latent_space]()
         mm.load_model_gpu(prior_net.patcher)
         net = prior_net.patcher.model

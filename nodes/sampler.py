@@ -15,7 +15,7 @@ import comfy.model_management as mm
 import comfy.samplers
 import comfy.utils
 
-from .common import CheckedNode
+from .common import CheckedNode, check_choice, check_number
 from ..framebridge_core.bridge.schedule import SPACINGS
 from ..framebridge_core.errors import ConfigError, ShapeError
 from ..framebridge_core.families.frames import PRIOR_KEY
@@ -115,6 +115,24 @@ def _check_prior(info, samples: torch.Tensor) -> None:
         )
 
 
+def _check_neural_prior(info, positive) -> None:
+    """The prior's kind (still image / 'Neural Prior') against what the model was trained on, before sampling."""
+    flags = [bool(extras["fb_neural_prior"]) for _, extras in positive if "fb_neural_prior" in extras]
+    if info.family != "latte" or not flags:
+        return
+    n = info.latent_channels
+    if flags[0] and not info.neural_prior_input:
+        raise ConfigError(
+            f"Bridge Sampler: the prior came from 'Neural Prior', but this FrameBridge model does not take a neural "
+            f"prior ({n} input channels: it bridges from the still image). Remove 'Neural Prior' (connect 'Bridge "
+            f"Prior from Image' to the sampler), or load the FrameBridge model trained with the neural prior.")
+    if not flags[0] and info.neural_prior_input:
+        raise ConfigError(
+            f"Bridge Sampler: this FrameBridge model was trained with the neural prior ({2 * n} input channels), but "
+            f"the prior is the still image: put 'Neural Prior' (with 'Load Neural Prior') between 'Bridge Prior from "
+            f"Image' and the sampler.")
+
+
 #: widget value meaning "the loaded model's own default" (stored in the MODEL by its loader)
 AUTO = "auto"
 _DEFAULTS_TEXT = ("auto = the model's own default: FrameBridge-Latte (UCF-101) 50 steps, iddpm, CFG 7; "
@@ -144,13 +162,23 @@ def _method_inputs():
     ]
 
 
-def _method(method: str) -> str:
+def _method(method: str, node: str = "Bridge SAMPLER", eta: float = 0.5) -> str:
+    check_choice(method, (AUTO, *METHODS), node, "method")
+    check_number(eta, node, "eta", 0.0, 1.0)
     return "sde" if method == AUTO else method
+
+
+MAX_STEPS = 1000
+
+
+def _check_schedule(node: str, steps, spacing) -> None:
+    check_number(steps, node, "steps", 0, MAX_STEPS)
+    check_choice(spacing, (AUTO, *SPACINGS), node, "spacing")
 
 
 def _schedule_inputs():
     return [
-        io.Int.Input("steps", default=0, min=0, max=1000,
+        io.Int.Input("steps", default=0, min=0, max=MAX_STEPS,
                      tooltip="Network evaluations (x2 with cfg != 1); 0 = " + _DEFAULTS_TEXT + " The official Latte "
                              "sampler used 1000 (250 in early configs): much slower for a small gain."),
         io.Combo.Input("spacing", options=[AUTO, *SPACINGS], default=AUTO,
@@ -189,9 +217,14 @@ class BridgeSamplerNode(CheckedNode):
 
     @classmethod
     def execute(cls, model, positive, negative, prior, seed, steps, spacing, cfg, method, eta) -> io.NodeOutput:
-        info = require_bridge_model(model, "Bridge Sampler")
+        node = "Bridge Sampler"
+        _check_schedule(node, steps, spacing)
+        check_number(cfg, node, "cfg", 0.0, 30.0)
+        method = _method(method, node, eta)
+        info = require_bridge_model(model, node)
         samples = prior["samples"]
         _check_prior(info, samples)
+        _check_neural_prior(info, positive)
         noise = torch.randn(samples.shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=samples.dtype)
         steps, spacing, cfg = resolve_settings(info, steps, spacing, cfg)
         sigmas = bridge_sigmas(model, steps, spacing)
@@ -199,7 +232,7 @@ class BridgeSamplerNode(CheckedNode):
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         callback = video_preview_callback(model, sigmas.shape[-1] - 1)  # a strip of frames, not frame 0 only
-        out = guider.sample(noise, samples, BridgeSampler(_method(method), eta), sigmas, denoise_mask=None, callback=callback,
+        out = guider.sample(noise, samples, BridgeSampler(method, eta), sigmas, denoise_mask=None, callback=callback,
                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         out = out.to(mm.intermediate_device())
         return io.NodeOutput({"samples": out})
@@ -219,7 +252,7 @@ class BridgeSamplerSelect(CheckedNode):
 
     @classmethod
     def execute(cls, method, eta) -> io.NodeOutput:
-        return io.NodeOutput(BridgeSampler(_method(method), eta))
+        return io.NodeOutput(BridgeSampler(_method(method, "Bridge SAMPLER", eta), eta))
 
 
 class BridgeScheduleNode(CheckedNode):
@@ -236,4 +269,5 @@ class BridgeScheduleNode(CheckedNode):
 
     @classmethod
     def execute(cls, model, steps, spacing) -> io.NodeOutput:
+        _check_schedule("Bridge Schedule", steps, spacing)
         return io.NodeOutput(bridge_sigmas(model, steps, spacing))

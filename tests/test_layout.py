@@ -112,7 +112,7 @@ def test_the_graph_sees_the_imports_it_must():
     assert "framebridge_core.families.latte.checkpoint" in CORE["framebridge_core.families"]
     assert "framebridge_core.bridge.schedule" in CORE["framebridge_core.families.videocrafter.bridge"]
     assert "framebridge_core.cli" in CORE["framebridge_core.__main__"]
-    assert "framebridge_core.families" in NODES["nodes.loaders"]
+    assert "framebridge_core.families" in NODES["nodes.common"]
     assert "nodes.families.latte" in NODES["nodes.loaders"]
 
 

@@ -14,7 +14,9 @@ import comfy.supported_models_base
 
 from ...framebridge_core.bridge.schedule import BridgeSchedule
 from ...framebridge_core.checkpoints import load_weights_strict
+from ...framebridge_core.errors import ConfigError
 from ...framebridge_core.families.latte.frames import LatteBridgeFrames
+from ...framebridge_core.labels import CAMERA_MOTIONS, UCF101_CLASSES
 from ..common import comfy_attention, new_patcher
 from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, PixelSpace, latent_space_of, text_and_image_conds
 
@@ -52,10 +54,26 @@ class FrameBridgeLatte(comfy.model_base.BaseModel):
             if label < 0:  # "the null class of whatever model this is" (negative of class nodes)
                 null = self.diffusion_model.net.config.null_class
                 label = label if null is None else null
+            else:
+                check_class(self.diffusion_model.net.config, label, kwargs.get("fb_class_source"),
+                            self.model_config.latent_format)
             out["fb_class"] = comfy.conds.CONDRegular(torch.tensor([label], dtype=torch.long))
         if "fb_neural_prior" in kwargs:
             out["fb_neural_prior"] = comfy.conds.CONDConstant(bool(kwargs["fb_neural_prior"]))
         return out
+
+
+def check_class(config, label: int, source=None, latent_format=None, node: str = "") -> None:
+    """A :class:`ConfigError` when the class index ``label`` is not one of the model's classes, naming the class
+    the user picked, the node that picked it, the model's range and the node that fits the model."""
+    if 0 <= label < config.num_classes or config.num_classes == 0:  # no class table: the label is not used
+        return
+    name, picked_by = source if source else ("", "the class conditioning node")
+    what = f"class {name!r} (index {label})" if name else f"class index {label}"
+    fits = ("'FrameBridge Camera Motion'" if latent_format is PixelSpace or config.num_classes == len(CAMERA_MOTIONS)
+            else "'FrameBridge UCF-101 Class'" if config.num_classes == len(UCF101_CLASSES) else "a class node")
+    raise ConfigError(f"{node + ': ' if node else ''}{what} from '{picked_by}' is out of range for this model: it has "
+                      f"{config.num_classes} classes (0..{config.num_classes - 1}). Pick one of them with {fits}.")
 
 
 def _meta(metadata, key: str, default: str) -> str:
@@ -92,4 +110,4 @@ def build_latte_patcher(config, state_dict: dict, weight_dtype=None, metadata=No
     return patcher
 
 
-__all__ = ["FrameBridgeLatte", "LatteFamilyConfig", "LattePixelFamilyConfig", "build_latte_patcher"]
+__all__ = ["FrameBridgeLatte", "check_class", "LatteFamilyConfig", "LattePixelFamilyConfig", "build_latte_patcher"]

@@ -29,7 +29,6 @@ import folder_paths
 
 from ...framebridge_core.bridge.schedule import BridgeSchedule
 from ...framebridge_core.checkpoints import load_state_dict, load_weights_strict
-from ...framebridge_core.families import detect_family
 from ...framebridge_core.errors import CheckpointError, ConfigError, ShapeError
 from ...framebridge_core.families.videocrafter.bridge import (
     DEFAULT_CFG,
@@ -40,7 +39,7 @@ from ...framebridge_core.families.videocrafter.bridge import (
 )
 from ...framebridge_core.families.videocrafter.checkpoint import VIDEOCRAFTER, split_checkpoint
 from ...framebridge_core.families.videocrafter.frames import VideoCrafterBridgeFrames
-from ..common import comfy_attention, new_patcher
+from ..common import comfy_attention, identify, new_patcher, wrong_loader
 from .bridge import ATTACHMENT, BridgeInfo, BridgeModelSampling, SAFBridgeModel, text_and_image_conds
 
 FAMILY = "videocrafter"
@@ -229,9 +228,11 @@ def load_videocrafter(path, weight_dtype=None):
     ``comfy.sd.VAE``.
     """
     sd, meta = load_state_dict(path)
-    info = detect_family(sd, meta)
+    name = os.path.basename(str(path))
+    info = identify(name, sd, meta, "Load FrameBridge Checkpoint")
     if info.name != VIDEOCRAFTER:
-        raise CheckpointError(f"'{os.path.basename(str(path))}' is a '{info.name}' checkpoint, not FrameBridge-VideoCrafter.")
+        raise wrong_loader(name, info.name, "Load FrameBridge Checkpoint",
+                           "the all-in-one FrameBridge-VideoCrafter checkpoint")
     parts = split_checkpoint(sd)
     del sd
     model = build_videocrafter_patcher(info.config, parts, weight_dtype)

@@ -477,7 +477,8 @@ CASES = [
     (one_frame, "BIV_MixedInversion", "ShapeError", ["1 frame", "at least 2 frames"]),
     (clip_too_short, "BIV_SelectFrames", "ShapeError", ["has 9 frames", "need at least 29", "lower frames to 3"]),
     (latte_file_as_video_model, "BIV_LoadVideoModel", "CheckpointError",
-     ["latte_copy.safetensors", "latte_bridge", "not a ModelScope / ZeroScope video UNet"]),
+     ["latte_copy.safetensors", "a FrameBridge-Latte bridge model", "loads ModelScope / ZeroScope video UNets",
+      "Load this file with 'Load FrameBridge'"]),
 ]
 
 
