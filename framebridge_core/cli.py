@@ -26,14 +26,18 @@ def _add_train(sub) -> None:
     p.add_argument("--preset", choices=list(PRESETS), default="tiny", help="network and data size")
     p.add_argument("--out", default=None, help="run folder (state.pt, model.safetensors, loss.csv)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/state.pt")
+    from .training.loop import FAMILY_NAMES, PRECISIONS
+
+    choices = {"precision": PRECISIONS, "family": FAMILY_NAMES, "device": ("auto", "cpu", "cuda")}
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         if f.name in ("kind", "preset", "out", "sources"):
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = type(getattr(defaults, f.name))
-        p.add_argument(flag, type=_yes_no if kind is bool else kind, default=None,
-                       help=f"default: {getattr(defaults, f.name)!r}")
+        extra = {"nargs": "?", "const": True} if kind is bool else {}   # --fsdp alone means --fsdp true
+        p.add_argument(flag, type=_yes_no if kind is bool else kind, default=None, choices=choices.get(f.name),
+                       help=f"default: {getattr(defaults, f.name)!r}", **extra)
     p.add_argument("--sources", default=None, help="comma list of image sources "
                    "(skimage, sklearn, templates, textures)")
 
@@ -57,7 +61,10 @@ def _train(args) -> int:
     cfg = config_from_args(values)
     t0 = time.time()
     path = train(cfg, resume=args.resume)
-    print(f"exported {path} after {(time.time() - t0) / 60:.1f} min")
+    import os
+
+    if os.environ.get("RANK", "0") == "0":   # under torchrun only rank 0 reports (and wrote the file)
+        print(f"exported {path} after {(time.time() - t0) / 60:.1f} min")
     return 0
 
 

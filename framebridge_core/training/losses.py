@@ -6,6 +6,7 @@ guidance at sampling time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -46,22 +47,61 @@ def eps_psi_weight(sigma: torch.Tensor, weighting: str) -> torch.Tensor:
     raise ConfigError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(LOSS_WEIGHTINGS)}.")
 
 
-def training_loss(kind: str, model, video: torch.Tensor, labels: torch.Tensor, sched: Schedules,
-                  generator: torch.Generator, *, class_dropout: float = 0.1,
-                  neural_prior: Optional[torch.nn.Module] = None,
-                  weighting: str = "sigma2-clamped") -> torch.Tensor:
-    """Mean-squared training loss of one batch of clean videos ``[B, F, C, H, W]`` in [-1, 1].
+@dataclass
+class Draws:
+    """The random numbers one batch of :func:`training_loss` uses, drawn for the whole (global) batch.
 
-    ``weighting`` applies to the ``eps_psi`` variants (``bridge``, ``bridge-np``) only."""
+    ``drop`` marks the labels replaced by the null class (None: no dropout), ``noise`` and ``t``
+    are the bridge/diffusion noise and indices (None for the neural prior). :meth:`shard` gives
+    the rows one process computes, so every rank of a distributed run uses the numbers a single
+    process would use for the same rows.
+    """
+
+    drop: Optional[torch.Tensor]
+    noise: Optional[torch.Tensor]
+    t: Optional[torch.Tensor]
+
+    def shard(self, lo: int, hi: int) -> "Draws":
+        def cut(x):
+            return None if x is None else x[lo:hi]
+
+        return Draws(cut(self.drop), cut(self.noise), cut(self.t))
+
+    def to(self, device) -> "Draws":
+        def move(x):
+            return None if x is None else x.to(device)
+
+        return Draws(move(self.drop), move(self.noise), move(self.t))
+
+
+def draw_randomness(kind: str, shape: tuple, dtype: torch.dtype, null_class: Optional[int], class_dropout: float,
+                    generator: torch.Generator, device=None) -> Draws:
+    """Label dropout, noise and indices for a batch of videos of ``shape`` ``[B, F, C, H, W]``, drawn from
+    ``generator`` in the order :func:`training_loss` has always drawn them."""
+    B = shape[0]
+    drop = None
+    if null_class is not None and class_dropout > 0:
+        drop = torch.rand((B,), generator=generator, device=device) < class_dropout
+    if kind == "neural-prior":
+        return Draws(drop, None, None)
+    noise = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    t = torch.randint(0, 1000, (B,), generator=generator, device=device)
+    return Draws(drop, noise, t)
+
+
+def loss_from_draws(kind: str, model, video: torch.Tensor, labels: torch.Tensor, draws: Draws, sched: Schedules, *,
+                    neural_prior: Optional[torch.nn.Module] = None,
+                    weighting: str = "sigma2-clamped") -> torch.Tensor:
+    """:func:`training_loss` with its random numbers given (``draws`` for exactly these rows)."""
     check_kind(kind)
-    B, Fr = video.shape[:2]
+    Fr = video.shape[1]
     cfg = model.config
-    labels = drop_labels(labels, cfg.null_class, class_dropout, generator)
+    if draws.drop is not None:
+        labels = torch.where(draws.drop, torch.full_like(labels, cfg.null_class), labels)
     cond = video[:, :1]
     if kind == "neural-prior":
         return F.mse_loss(model(cond, labels).float(), video.float())
-    noise = torch.randn(video.shape, generator=generator, dtype=video.dtype, device=video.device)
-    t = torch.randint(0, 1000, (B,), generator=generator, device=video.device)
+    noise, t = draws.noise, draws.t
     if kind == "diffusion":
         x_t = sched.diffusion.add_noise(video, t, noise).to(video.dtype)
         out = model(model.build_bridge_input(x_t, cond), t, labels, drop_condition_frame=True)
@@ -92,4 +132,18 @@ def training_loss(kind: str, model, video: torch.Tensor, labels: torch.Tensor, s
     return F.mse_loss(out.float(), target.float())
 
 
-__all__ = ["LOSS_WEIGHTINGS", "drop_labels", "eps_psi_weight", "training_loss"]
+def training_loss(kind: str, model, video: torch.Tensor, labels: torch.Tensor, sched: Schedules,
+                  generator: torch.Generator, *, class_dropout: float = 0.1,
+                  neural_prior: Optional[torch.nn.Module] = None,
+                  weighting: str = "sigma2-clamped") -> torch.Tensor:
+    """Mean-squared training loss of one batch of clean videos ``[B, F, C, H, W]`` in [-1, 1].
+
+    ``weighting`` applies to the ``eps_psi`` variants (``bridge``, ``bridge-np``) only."""
+    check_kind(kind)
+    draws = draw_randomness(kind, tuple(video.shape), video.dtype, model.config.null_class, class_dropout,
+                            generator, device=video.device)
+    return loss_from_draws(kind, model, video, labels, draws, sched, neural_prior=neural_prior, weighting=weighting)
+
+
+__all__ = ["Draws", "LOSS_WEIGHTINGS", "draw_randomness", "drop_labels", "eps_psi_weight", "loss_from_draws",
+           "training_loss"]

@@ -574,6 +574,29 @@ class CameraMotionDataset:
         labels = torch.tensor([self.motion_ids[int(c)] for c in cls], dtype=torch.long)
         return self._batch(srcs, labels, u), labels
 
+    @property
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        """``(frames, 3, size, size)``: the shape of one clip of :meth:`sample_batch`."""
+        return (self.frames, 3, self.size, self.size)
+
+    def draw_plan(self, n: int, generator: torch.Generator | None = None) -> tuple:
+        """The random choices of ``sample_batch(n, generator)`` (same generator use), without rendering."""
+        if isinstance(n, bool) or int(n) != n or n < 1:
+            raise ConfigError(f"n={n!r} is invalid; allowed: an integer >= 1 (clips per batch).")
+        n = int(n)
+        g = self.generator if generator is None else generator
+        srcs = torch.randint(len(self.images), (n,), generator=g)
+        cls = torch.randint(len(self.motion_ids), (n,), generator=g)
+        u = torch.rand(n, 4, generator=g, dtype=torch.float64)
+        labels = torch.tensor([self.motion_ids[int(c)] for c in cls], dtype=torch.long)
+        return srcs, labels, u
+
+    def render_plan(self, plan: tuple, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``[lo, hi)`` of the batch :meth:`draw_plan` planned: what ``sample_batch`` returns for them
+        (a distributed run renders only its own shard)."""
+        srcs, labels, u = plan
+        return self._batch(srcs[lo:hi], labels[lo:hi], u[lo:hi]), labels[lo:hi]
+
     def fixed_set(self, n: int, seed: int = 0, render_as: Optional[Sequence[int]] = None
                   ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """A deterministic evaluation set ``(video, labels, source_names)``.
