@@ -78,8 +78,13 @@ def wrap_model(net: nn.Module, blocks: list, env, fsdp: bool) -> nn.Module:
         return net
     from torch.nn.parallel import DistributedDataParallel
 
+    import inspect
+
     ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+    # the buffers are constant tables: no need to send rank 0's before every forward pass
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    quiet = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(net, device_ids=ids, **quiet)
 
 
 def _is_dtensor(t) -> bool:
