@@ -153,3 +153,20 @@ def test_a_broken_launch_environment_is_explained(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not an integer"):
         setup("cpu")
+
+
+def test_fsdp_shards_the_same_run_and_its_state_resumes_anywhere(tmp_path, single):
+    """FSDP (parameters, gradients and optimiser state sharded over 2 processes) gives the 1-process
+    parameters; its state.pt holds whole tensors, so it resumes on 1 process."""
+    half, full = single
+    run = _launch(tmp_path, 2, batch=2, fsdp=True)
+    st = _state(run)
+    assert _max_diff(st["model"], half["model"]) <= TOL
+    assert _max_diff(st["ema"], half["ema"]) <= TOL
+    mine, ref = st["optimizer"]["state"], half["optimizer"]["state"]
+    assert mine.keys() == ref.keys()
+    for i in ref:   # whole (gathered) Adam moments, numbered as on one process
+        assert float((mine[i]["exp_avg"] - ref[i]["exp_avg"]).abs().max()) <= TOL
+    assert list((tmp_path / "rank1").rglob("*")) == []
+    train(_cfg(run, steps=4, fsdp=True), dataset=_data(), resume=True)   # one process: fsdp changes nothing
+    assert _max_diff(_state(run)["model"], full["model"]) <= TOL
