@@ -42,7 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/TINY-MOTION.md", help="markdown report")
     p.add_argument("--sheet", default="benchmarks/tiny-motion-sheet.png", help="contact sheet PNG")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma list of the pipelines to score (default: all of {', '.join(VARIANTS)})")
     return p
+
+
+def _variants(text: str) -> list[str]:
+    from ..errors import ConfigError
+
+    picked = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in picked if v not in VARIANTS]
+    if bad or not picked:
+        raise ConfigError(f"--variants {text!r}: choose from {', '.join(VARIANTS)} (comma list).")
+    return picked
 
 
 def _log(msg: str) -> None:
@@ -88,6 +100,7 @@ def _generate(animator, first: torch.Tensor, names: list[str], args, prior_only:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    variants = _variants(args.variants)
     if args.threads:
         torch.set_num_threads(args.threads)
     from . import quality as bench_quality
@@ -123,11 +136,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               patch=ref.net.config.patch_size)
     rows = [("ground truth", truth, 0.0), ("copy first frame", truth[:, :1].expand_as(truth).contiguous(), 0.0)]
     for kind in ("bridge", "bridge-np"):
-        _log(f"generating {len(names)} clips with {kind} ...")
-        video, spc = _generate(animators[kind], truth[:, 0], names, args, prior_only=False)
-        rows.append((VARIANTS[kind], video, spc))
-    video, spc = _generate(animators["bridge-np"], truth[:, 0], names, args, prior_only=True)
-    rows.append((VARIANTS["neural-prior"], video, spc))
+        if kind in variants:
+            _log(f"generating {len(names)} clips with {kind} ...")
+            video, spc = _generate(animators[kind], truth[:, 0], names, args, prior_only=False)
+            rows.append((VARIANTS[kind], video, spc))
+    if "neural-prior" in variants:
+        video, spc = _generate(animators["bridge-np"], truth[:, 0], names, args, prior_only=True)
+        rows.append((VARIANTS["neural-prior"], video, spc))
 
     moving = torch.tensor([n != "static" for n in names])
     lines = _report(args, rows, truth, opposite, labels, moving, scoring, clf_meta, names, time.time() - t_start)
