@@ -63,7 +63,8 @@ COMFY_MODULES = ("torch", "torchvision", "torchsde", "numpy", "PIL", "safetensor
 
 FB_NODES = ("FB_LoadFrameBridge", "FB_LoadNeuralPrior", "FB_UCF101Class", "FB_CameraMotion", "FB_BridgePriorFromImage",
             "FB_NeuralPrior", "FB_BridgeSampler", "FB_BridgeSamplerSelect", "FB_BridgeSchedule",
-            "FB_LoadFrameBridgeCheckpoint", "FB_FrameStride", "FB_LoadCogVideoXVAE", "FB_CogVideoXTextEncode")
+            "FB_LoadFrameBridgeCheckpoint", "FB_FrameStride", "FB_LoadCogVideoXVAE", "FB_CogVideoXTextEncode",
+            "FB_ExtendVideo")
 
 # Stand-in files. Names match what the shipped workflows load, so the API twins run unchanged.
 BRIDGE4 = "framebridge_latte_ucf101.pt"          # 4-channel bridge model (no neural prior)

@@ -111,10 +111,11 @@ def test_segments_are_the_manual_chain_from_the_last_frame_and_repeat_with_the_s
     nodes = host.nodes.NODE_CLASS_MAPPINGS
     model, vae = run.output("2", 0), run.output("4", 0)
     pos, neg, net = run.output("3", 0), run.output("3", 1), run.output("10", 0)
-    p, n, prior = nodes["FB_BridgePriorFromImage"].execute(model, vae, video[15:16], pos, neg, 16, "none").args
-    p, n, prior = nodes["FB_NeuralPrior"].execute(net, p, n, prior).args
-    latent = nodes["FB_BridgeSampler"].execute(model, p, n, prior, 8, 3, "trailing", 2.0, "sde", 0.5).args[0]
-    segment = vae.decode(latent["samples"])
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes (the outputs above are inference tensors)
+        p, n, prior = nodes["FB_BridgePriorFromImage"].execute(model, vae, video[15:16], pos, neg, 16, "none").args
+        p, n, prior = nodes["FB_NeuralPrior"].execute(net, p, n, prior).args
+        latent = nodes["FB_BridgeSampler"].execute(model, p, n, prior, 8, 3, "trailing", 2.0, "sde", 0.5).args[0]
+        segment = vae.decode(latent["samples"])
     assert torch.allclose(video[15:31], segment.clamp(0, 1), atol=1e-5)
 
     again = _run_ok(host, prompt)
