@@ -564,14 +564,7 @@ class CameraMotionDataset:
 
         Deterministic given the generator state (the dataset's own generator when none is given).
         """
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ConfigError(f"n={n!r} is invalid; allowed: an integer >= 1 (clips per batch).")
-        n = int(n)
-        g = self.generator if generator is None else generator
-        srcs = torch.randint(len(self.images), (n,), generator=g)
-        cls = torch.randint(len(self.motion_ids), (n,), generator=g)
-        u = torch.rand(n, 4, generator=g, dtype=torch.float64)
-        labels = torch.tensor([self.motion_ids[int(c)] for c in cls], dtype=torch.long)
+        srcs, labels, u = self.draw_plan(n, generator)
         return self._batch(srcs, labels, u), labels
 
     @property
