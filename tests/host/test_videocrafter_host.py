@@ -205,8 +205,13 @@ def test_sampling_with_the_bridge_sampler_end_to_end(host, parts):
     video = res.result[0]["samples"]
     assert tuple(video.shape) == (FRAMES, 4, 32, 32) and torch.isfinite(video).all()
     assert not torch.allclose(video, latent, atol=1e-3)
-    frames = vae.decode(video)
-    assert frames.shape[0] == FRAMES and torch.isfinite(frames).all()
+    # called outside ComfyUI's inference mode, the sampler still keeps no autograd graph (it held every
+    # step's activations: 6 GB more for these 3 steps)
+    assert video.grad_fn is None and not video.requires_grad
+    # two frames are enough to show the sampled latent decodes: all 16 through the VAE at 256 px took
+    # 7 GB in this process (ComfyUI decodes the whole batch at once on the CPU)
+    frames = vae.decode(video[:2])
+    assert tuple(frames.shape) == (2, 256, 256, 3) and torch.isfinite(frames).all()
 
 
 def _workflow_ready(host) -> str:
