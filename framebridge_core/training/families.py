@@ -45,9 +45,13 @@ META = "framebridge."
 
 
 def check_family_kind(family: str, kind: str, init_from: str) -> None:
+    if family == "latte":
+        from .latte_family import check_latte_kind
+
+        return check_latte_kind(kind, init_from)
     allowed = FAMILY_KINDS.get(family)
     if allowed is None:
-        raise ConfigError(f"unknown family {family!r}; choose one of tiny, {', '.join(FAMILY_KINDS)}.")
+        raise ConfigError(f"unknown family {family!r}; choose one of tiny, latte, {', '.join(FAMILY_KINDS)}.")
     if kind not in allowed:
         raise ConfigError(f"--kind {kind} is not available for --family {family}: allowed {', '.join(allowed)} "
                           f"(the pack samples {family} models as SNR-aligned bridges, the released recipe). "

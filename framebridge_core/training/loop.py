@@ -32,7 +32,7 @@ STATE_FILE = "state.pt"
 #: autocast precisions of the forward pass (the weights and the optimiser stay float32)
 PRECISIONS = ("bf16", "fp16", "fp32")
 #: model families ``train`` accepts: the pack's tiny Latte models and the released backbones' families
-FAMILY_NAMES = ("tiny", "videocrafter", "cogvideox")
+FAMILY_NAMES = ("tiny", "latte", "videocrafter", "cogvideox")
 
 
 @dataclass
@@ -75,7 +75,7 @@ class TrainConfig:
     fsdp: bool = False              # shard parameters, gradients and optimiser state over the processes
     device: str = "auto"            # auto (CUDA device LOCAL_RANK when there is one), cpu or cuda
     # -- model family and data (training/families.py, training/data/video_folder.py) ----------------
-    family: str = "tiny"            # tiny (the pack's Latte models), videocrafter or cogvideox
+    family: str = "tiny"            # tiny (the pack's pixel models), latte (SD-VAE latents), videocrafter or cogvideox
     family_config: str = ""         # JSON file with the network config of a family (default: from --init-from)
     data: str = ""                  # a video folder (metadata.csv); default: the procedural camera-motion data
 
@@ -363,6 +363,10 @@ class _Run:
 def _make_task(cfg: "TrainConfig", dataset):
     if cfg.family == "tiny":
         return TinyTask(cfg, dataset)
+    if cfg.family == "latte":
+        from .latte_family import LatteTask
+
+        return LatteTask(cfg, dataset)
     from .families import FamilyTask
 
     return FamilyTask(cfg, dataset)
@@ -634,5 +638,12 @@ def export(cfg: TrainConfig, config: LatteConfig, weights: dict[str, torch.Tenso
 
 
 def config_from_args(args: dict[str, Any]) -> TrainConfig:
+    """The command line's options; ``--family latte`` takes the released recipe for the ones not given
+    (:func:`framebridge_core.training.latte_family.official_recipe`)."""
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in args.items() if k in names and v is not None})
+    given = {k: v for k, v in args.items() if k in names and v is not None}
+    if given.get("family") == "latte":
+        from .latte_family import official_recipe
+
+        given = {**official_recipe(given.get("kind", "bridge")), **given}
+    return TrainConfig(**given)
