@@ -89,9 +89,8 @@ def _detect(sd: dict, meta: dict, what: str):
 
 
 def diffusion_config(sd: dict, meta: dict) -> LatteConfig:
-    """The network of a Latte diffusion checkpoint: the pack's own export (its ``framebridge.config``) or
-    the official layout (``temp_embed`` = the video's frames, no prepended condition frame, read off the
-    weights by the Latte detector)."""
+    """The network of a Latte diffusion checkpoint in the official layout (``temp_embed`` = the video's
+    frames, no prepended condition frame), read off the weights by the Latte detector."""
     from ..families.latte.checkpoint import LATTE_BRIDGE
 
     variant = meta.get(META + "variant")
@@ -99,8 +98,6 @@ def diffusion_config(sd: dict, meta: dict) -> LatteConfig:
         raise CheckpointError(f"--init-from is a FrameBridge-Latte {variant} model, not a diffusion checkpoint: "
                               f"continue it with --kind {variant} --init-from, or pass the Latte diffusion "
                               f"checkpoint for --kind saf / plain-finetune.")
-    if variant == "diffusion" and META + "config" in meta:
-        return LatteConfig.from_dict(json.loads(meta[META + "config"]))
     info = _detect(sd, meta, "a Latte diffusion checkpoint")
     if info.name != LATTE_BRIDGE:
         raise CheckpointError("--init-from is a Latte neural prior (no timestep embedder), not a diffusion checkpoint.")
@@ -215,8 +212,9 @@ class LatteTask:
         prior = info.name == LATTE_NEURAL_PRIOR
         if prior != (self.kind == "neural-prior"):
             have = "neural prior" if prior else "bridge"
+            want = "neural prior" if self.kind == "neural-prior" else "bridge"
             raise CheckpointError(f"--init-from is a FrameBridge-Latte {have} network, which --kind {self.kind} cannot "
-                                  f"continue; pass a {'neural prior' if self.kind == 'neural-prior' else 'bridge'} file.")
+                                  f"continue; pass a {want} file.")
         if info.config.learn_sigma:
             raise CheckpointError("--init-from looks like a Latte diffusion checkpoint (learn_sigma output): "
                                   "fine-tune it with --kind saf or plain-finetune.")

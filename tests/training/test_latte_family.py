@@ -96,7 +96,8 @@ def _check_bridge_file(path: Path, in_channels: int, state: dict) -> None:
     extra = {}
     if coarse is not None:
         extra = {"transformer_options": {PRIOR_KEY: coarse.reshape(4, 4, 4, 4)}, "fb_neural_prior": True}
-    out = frames(x, torch.full((4,), 500), fb_cond_frame=cond.expand(4, -1, -1, -1), fb_class=torch.ones(4, dtype=torch.long), **extra)
+    out = frames(x, torch.full((4,), 500), fb_cond_frame=cond.expand(4, -1, -1, -1),
+                 fb_class=torch.ones(4, dtype=torch.long), **extra)
     want = model.eps_psi(x[None], torch.tensor([500]), torch.tensor([1]), cond, coarse)
     assert torch.allclose(out, want[0], atol=1e-6)
 
@@ -262,7 +263,8 @@ def test_typed_errors(setup, tmp_path):
     with pytest.raises(ConfigError, match="class-conditional.*needs a 'label' column"):
         train(_cfg(tmp_path / "e5", "bridge", _data(tmp_path / "nolabels", labels=False), s["conf"]))
     # latents that do not fit the network
-    with pytest.raises(ShapeError, match=r"latent \(4, 4, 8, 8\) does not fit the network.*\(4, 4, 4, 4\).*input_size=8"):
+    with pytest.raises(ShapeError, match=r"latent \(4, 4, 8, 8\) does not fit the network.*\(4, 4, 4, 4\)"
+                                         r".*input_size=8"):
         train(_cfg(tmp_path / "e6", "bridge", _data(tmp_path / "big", shape=(4, 4, 8, 8)), s["conf"]))
     with pytest.raises(ShapeError, match=r"'latent' \(4, 4, 4\).*\[F, C, H, W\]"):
         train(_cfg(tmp_path / "e7", "bridge", _data(tmp_path / "flat", shape=(4, 4, 4)), s["conf"]))
