@@ -137,7 +137,7 @@ class LatteTask:
     of :class:`framebridge_core.training.loop.TinyTask`."""
 
     def __init__(self, cfg, dataset):
-        from .loop import _inner, build_network, widen_input
+        from .networks import _inner, build_network, widen_input
 
         check_latte_kind(cfg.kind, cfg.init_from)
         self.cfg, self.dataset, self.kind = cfg, dataset, cfg.kind
@@ -258,7 +258,7 @@ class LatteTask:
         return plan, draw_randomness(self.kind, shape, torch.float32, c.null_class, self.cfg.class_dropout, noise_gen)
 
     def loss(self, model, step_plan, lo: int, hi: int, device: torch.device) -> torch.Tensor:
-        from .loop import _Through
+        from .networks import _Through
         from .losses import loss_from_draws
 
         plan, draws = step_plan
