@@ -17,6 +17,11 @@ parameterisation (docs/math.md §1.5, §2.4):
   channels) with the 16 image-latent input channels added at zero, so the network starts as the
   pretrained model on ``z``.
 
+``--kind plain-finetune`` is the paper's ablation baseline: the same network, initialisation and
+target, but fine-tuned without SNR alignment: the network sees the raw bridge state ``x_t`` and the
+bridge index ``i`` as its timestep. The pack's samplers align every VideoCrafter / CogVideoX model, so
+these files are for comparisons with the family's own code (``framebridge.timestep`` says so).
+
 The data are precomputed latents and embeddings (:class:`~.data.video_folder.VideoFolderDataset`
 rows with a ``latents`` file): the VAE and text/image encoders of these families are large and run
 once, before training. The exported file is what Load FrameBridge / Load FrameBridge Checkpoint read
@@ -39,19 +44,24 @@ from ..checkpoints import load_state_dict
 from ..errors import CheckpointError, ConfigError, ShapeError
 from ..vp import gather
 
-#: what each family trains (the pack's samplers read these families as SAF bridges only)
-FAMILY_KINDS = {"videocrafter": ("saf",), "cogvideox": ("saf",)}
+#: what each family trains (the pack's samplers read these families as SAF bridges only; plain-finetune is the
+#: ablation baseline without SNR alignment)
+FAMILY_KINDS = {"videocrafter": ("saf", "plain-finetune"), "cogvideox": ("saf", "plain-finetune")}
 META = "framebridge."
 
 
 def check_family_kind(family: str, kind: str, init_from: str) -> None:
+    if family == "latte":
+        from .latte_family import check_latte_kind
+
+        return check_latte_kind(kind, init_from)
     allowed = FAMILY_KINDS.get(family)
     if allowed is None:
-        raise ConfigError(f"unknown family {family!r}; choose one of tiny, {', '.join(FAMILY_KINDS)}.")
+        raise ConfigError(f"unknown family {family!r}; choose one of tiny, latte, {', '.join(FAMILY_KINDS)}.")
     if kind not in allowed:
         raise ConfigError(f"--kind {kind} is not available for --family {family}: allowed {', '.join(allowed)} "
                           f"(the pack samples {family} models as SNR-aligned bridges, the released recipe). "
-                          f"Use --kind saf, or --family tiny for the other kinds.")
+                          f"Use --kind saf, or --family tiny / latte for the other kinds.")
     if not init_from:
         raise ConfigError(f"--family {family} fine-tunes a text-to-video diffusion checkpoint: pass --init-from "
                           f"<checkpoint file or diffusers folder>.")
@@ -191,8 +201,8 @@ class FamilyTask:
 
             unet_sd = _strip_unet(sd)
             self.config = videocrafter_config_from(unet_sd, fam_cfg)
-            self.inner = _seeded(cfg.seed, lambda: VideoCrafterBridge(self.config, schedule=self.schedule))
-            self._official_new_module_init(self.inner)
+            self.inner = _seeded(cfg.seed, lambda: self._official_new_module_init(
+                VideoCrafterBridge(self.config, schedule=self.schedule)))
             self.report = _copy_matching(self.inner.diffusion_model, unet_sd, "VideoCrafter UNet")
             self.net = _VideoCrafterTrainNet(self.inner)
             self.layout = "BCTHW"
@@ -219,14 +229,20 @@ class FamilyTask:
         self.table = self.inner.aligned_t.float()
 
     @staticmethod
-    def _official_new_module_init(bridge) -> None:
+    def _official_new_module_init(bridge):
         """Zero the last layer of the frame-stride MLP (official ``openaimodel3d.py``); the image-attention
-        gates ``alpha`` start at zero already."""
-        fps = getattr(bridge.diffusion_model, "fps_embedding", None)
-        if fps is not None:
-            with torch.no_grad():
+        gates ``alpha`` start at zero already. The Resampler's queries are allocated uninitialised (a loaded
+        checkpoint fills them): draw them as the official ``resampler.py:118`` does, ``randn / √dim``, from
+        the seeded global generator :func:`_seeded` set up (uninitialised memory gave NaN losses at random)."""
+        with torch.no_grad():
+            fps = getattr(bridge.diffusion_model, "fps_embedding", None)
+            if fps is not None:
                 for p in fps[2].parameters():
                     p.zero_()
+            proj = getattr(bridge, "image_proj_model", None)
+            if proj is not None:
+                proj.latents.copy_(torch.randn(proj.latents.shape) / proj.latents.shape[-1] ** 0.5)
+        return bridge
 
     # -- the task interface ------------------------------------------------------------------------
     def to(self, device: torch.device) -> None:
@@ -272,8 +288,10 @@ class FamilyTask:
             raise ShapeError(f"prior {tuple(y.shape)} and latent {tuple(x0.shape)} must have the same shape.")
         # a [B, C, T, H, W] state is batch-first as the schedule's gather needs, like [B, F, C, H, W]
         x_t = self.schedule.add_noise(x0, y, t, noise)
-        z = aligned_input(x_t, y, t, self.schedule)
-        t_tilde = self.table.to(device)[t]
+        if self.cfg.kind == "saf":
+            z, t_tilde = aligned_input(x_t, y, t, self.schedule), self.table.to(device)[t]
+        else:  # plain-finetune: the raw state at the bridge index, the ablation without SNR alignment
+            z, t_tilde = x_t, t.float()
         if self.family == "videocrafter":
             image = batch.get("image")
             if image is None:
@@ -302,14 +320,16 @@ class FamilyTask:
 
             tensors = {("model." + k if k.startswith("diffusion_model.") else k): v for k, v in weights.items()}
             meta[META + "predicts"] = "eps_psi"
-            meta[META + "timestep"] = "saf_t_tilde (SD scaled-linear)"
+            meta[META + "timestep"] = ("saf_t_tilde (SD scaled-linear)" if cfg.kind == "saf"
+                                       else "bridge_index (raw x_t, no SNR alignment)")
             if self.config.resampler is not None:
                 meta[META_RESAMPLER_HEADS] = str(self.config.resampler.heads)
             meta[META + "config"] = json.dumps(self.config.to_dict())
         else:
             tensors = {k[len("transformer."):]: v for k, v in weights.items() if k.startswith("transformer.")}
             meta[META + "predicts"] = "v_aligned"
-            meta[META + "timestep"] = "saf_t_tilde (CogVideoX-2B)"
+            meta[META + "timestep"] = ("saf_t_tilde (CogVideoX-2B)" if cfg.kind == "saf"
+                                       else "bridge_index (raw x_t, no SNR alignment)")
             meta["config"] = json.dumps({"_class_name": "CogVideoXTransformer3DModel", **self.config.to_dict()})
         tensors = {k: v.to(dtype).contiguous() for k, v in tensors.items()}
         save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if v})

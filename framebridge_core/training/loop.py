@@ -24,6 +24,7 @@ import torch
 
 from ..errors import ConfigError
 from ..families.latte.network import LatteConfig, LatteModel, LatteNeuralPrior
+from .networks import _inner, _Through, build_network, widen_input  # noqa: F401  (re-exported)
 from ..tiny.format import EXPORT_FILE, META_PREFIX, PREDICTS, PRESETS, TIMESTEP, load_trained, network_config, read_weights
 from ..tiny.variants import BRIDGE_KINDS, Schedules, check_kind
 from .losses import training_loss
@@ -32,7 +33,7 @@ STATE_FILE = "state.pt"
 #: autocast precisions of the forward pass (the weights and the optimiser stay float32)
 PRECISIONS = ("bf16", "fp16", "fp32")
 #: model families ``train`` accepts: the pack's tiny Latte models and the released backbones' families
-FAMILY_NAMES = ("tiny", "videocrafter", "cogvideox")
+FAMILY_NAMES = ("tiny", "latte", "videocrafter", "cogvideox")
 
 
 @dataclass
@@ -75,7 +76,7 @@ class TrainConfig:
     fsdp: bool = False              # shard parameters, gradients and optimiser state over the processes
     device: str = "auto"            # auto (CUDA device LOCAL_RANK when there is one), cpu or cuda
     # -- model family and data (training/families.py, training/data/video_folder.py) ----------------
-    family: str = "tiny"            # tiny (the pack's Latte models), videocrafter or cogvideox
+    family: str = "tiny"            # tiny (the pack's pixel models), latte (SD-VAE latents), videocrafter or cogvideox
     family_config: str = ""         # JSON file with the network config of a family (default: from --init-from)
     data: str = ""                  # a video folder (metadata.csv); default: the procedural camera-motion data
 
@@ -102,39 +103,6 @@ class TrainConfig:
                               "<neural-prior run>/model.safetensors.")
         if self.batch < 1 or self.steps < 1:
             raise ConfigError(f"batch and steps must be positive, got batch={self.batch}, steps={self.steps}.")
-
-
-def build_network(kind: str, config: LatteConfig, generator: Optional[torch.Generator] = None,
-                  label_init_std: Optional[float] = None) -> torch.nn.Module:
-    """A freshly initialised network (official initialisation; ``label_init_std`` rescales the
-    class table, see :class:`TrainConfig`)."""
-    net = LatteNeuralPrior(config) if kind == "neural-prior" else LatteModel(config)
-    inner = _inner(net)
-    inner.initialize_weights(generator)
-    if label_init_std is not None and inner.y_embedder is not None:
-        w = inner.y_embedder.embedding_table.weight
-        with torch.no_grad():
-            w.copy_(torch.randn(w.shape, generator=generator) * label_init_std)
-    return net
-
-
-def widen_input(state: dict[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
-    """Warm-start a neural-prior bridge (2C input channels) from a plain bridge (C channels).
-
-    The extra channels of the patch embedding (and of the conv head's input) start at zero, so the widened network computes
-    exactly the plain bridge until training moves them.
-    """
-    w = state["x_embedder.proj.weight"]
-    if w.shape[1] == in_channels:
-        return state
-    if w.shape[1] * 2 != in_channels:
-        raise ConfigError(f"cannot widen a patch embedding with {w.shape[1]} input channels to {in_channels}.")
-    state = dict(state)
-    state["x_embedder.proj.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
-    head = state.get("head.layers.0.weight")
-    if head is not None:  # the conv head sees [final channels, network input]: the input part grows at the end
-        state["head.layers.0.weight"] = torch.cat([head, torch.zeros_like(head[:, -w.shape[1]:])], dim=1)
-    return state
 
 
 def add_conv_head(state: dict[str, torch.Tensor], net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -243,24 +211,6 @@ def _identity(config: dict) -> dict:
     return {k: v for k, v in {**_ADDED, **config}.items() if k not in _RESUMABLE}
 
 
-def _inner(net: torch.nn.Module) -> torch.nn.Module:
-    return net.nwarp_model if isinstance(net, LatteNeuralPrior) else net
-
-
-class _Through:
-    """The network as the losses see it: calls go through the (DDP/FSDP) wrapper, attributes
-    (``config``, ``build_bridge_input``) come from the module itself."""
-
-    def __init__(self, wrapped, module: torch.nn.Module):
-        self._wrapped, self._module = wrapped, module
-
-    def __call__(self, *args, **kwargs):
-        return self._wrapped(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._module, name)
-
-
 class TinyTask:
     """The pack's tiny Latte models (:mod:`framebridge_core.tiny.variants`) on a clip dataset.
 
@@ -363,6 +313,10 @@ class _Run:
 def _make_task(cfg: "TrainConfig", dataset):
     if cfg.family == "tiny":
         return TinyTask(cfg, dataset)
+    if cfg.family == "latte":
+        from .latte_family import LatteTask
+
+        return LatteTask(cfg, dataset)
     from .families import FamilyTask
 
     return FamilyTask(cfg, dataset)
@@ -634,5 +588,12 @@ def export(cfg: TrainConfig, config: LatteConfig, weights: dict[str, torch.Tenso
 
 
 def config_from_args(args: dict[str, Any]) -> TrainConfig:
+    """The command line's options; ``--family latte`` takes the released recipe for the ones not given
+    (:func:`framebridge_core.training.latte_family.official_recipe`)."""
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in args.items() if k in names and v is not None})
+    given = {k: v for k, v in args.items() if k in names and v is not None}
+    if given.get("family") == "latte":
+        from .latte_family import official_recipe
+
+        given = {**official_recipe(given.get("kind", "bridge")), **given}
+    return TrainConfig(**given)

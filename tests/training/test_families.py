@@ -181,3 +181,73 @@ def test_a_code_carrying_diffusion_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointError):
         train(cfg)
     assert not (tmp_path / "ran.txt").exists()
+
+
+class _Spy:
+    """Records the network input and timestep the loss calls the bridge with."""
+
+    def __init__(self, net):
+        self.net, self.calls = net, []
+
+    def __call__(self, z, t_tilde, *rest):
+        self.calls.append((z.detach().clone(), t_tilde.detach().clone()))
+        return self.net(z, t_tilde, *rest)
+
+
+@pytest.mark.parametrize("family", ["videocrafter", "cogvideox"])
+@pytest.mark.parametrize("kind", ["saf", "plain-finetune"])
+def test_plain_finetune_feeds_the_raw_state_at_the_bridge_index(tmp_path, family, kind):
+    """The ablation baseline differs from SAF only in the network's input and timestep: x_t and i
+    instead of the aligned z and t̃ (the target is the family's own in both)."""
+    from framebridge_core.bridge.alignment import aligned_input
+    from framebridge_core.training.data.video_folder import VideoFolderDataset
+    from framebridge_core.training.families import FamilyTask
+
+    init, _, extra, data = _setup(tmp_path, family)
+    cfg = TrainConfig(family=family, kind=kind, init_from=str(init), data=str(data), out=str(tmp_path / "o"),
+                      precision="fp32", device="cpu", family_config=extra[1] if extra else "")
+    ds = VideoFolderDataset(data)
+    task = FamilyTask(cfg, ds)
+    plan = task.draw(2, torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    spy = _Spy(task.net)
+    assert bool(torch.isfinite(task.loss(spy, plan, 0, 2, torch.device("cpu"))))
+    rows, t, seeds, _ = plan
+    x0 = ds.render_plan(rows, 0, 2)["latent"].float()
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    y = (x0[:, :, :1] if family == "videocrafter" else x0[:, :1]).expand_as(x0)
+    x_t = task.schedule.add_noise(x0, y, t, noise)
+    z, t_in = spy.calls[0]
+    if kind == "saf":
+        assert torch.allclose(z, aligned_input(x_t, y, t, task.schedule), atol=1e-6)
+        assert torch.equal(t_in, task.table[t])
+    else:
+        assert torch.allclose(z, x_t, atol=1e-6) and torch.equal(t_in, t.float())
+        assert not torch.allclose(z, aligned_input(x_t, y, t, task.schedule), atol=1e-3)
+
+
+def test_plain_finetune_exports_a_file_the_loader_reads(tmp_path):
+    init, _, extra, data = _setup(tmp_path, "cogvideox")
+    path = train(TrainConfig(family="cogvideox", kind="plain-finetune", init_from=str(init), data=str(data),
+                             out=str(tmp_path / "o"), steps=2, batch=2, lr=1e-3, warmup=1, precision="fp32",
+                             device="cpu", export_dtype="fp32"))
+    sd, meta = load_state_dict(path)
+    assert meta["framebridge.variant"] == "plain-finetune" and meta["framebridge.predicts"] == "v_aligned"
+    assert meta["framebridge.timestep"].startswith("bridge_index")
+    model, _ = load_model(path)
+    assert isinstance(model, CogVideoXBridge) and model.transformer.config.in_channels == 32
+
+
+def test_videocrafter_resampler_queries_start_as_the_official_init(tmp_path):
+    """The Resampler's queries are not in a text-to-video checkpoint: they are drawn as the official
+    ``randn / sqrt(dim)`` from the run's seed (they were uninitialised memory, and losses came out NaN at random)."""
+    from framebridge_core.training.data.video_folder import VideoFolderDataset
+    from framebridge_core.training.families import FamilyTask
+
+    init, _, extra, data = _setup(tmp_path, "videocrafter")
+    cfg = TrainConfig(family="videocrafter", kind="saf", init_from=str(init), data=str(data), out=str(tmp_path / "o"),
+                      precision="fp32", device="cpu", family_config=extra[1])
+    first, second = (FamilyTask(cfg, VideoFolderDataset(data)).inner.image_proj_model.latents.detach()
+                     for _ in range(2))
+    assert torch.equal(first, second)
+    assert bool(torch.isfinite(first).all())
+    assert float(first.std()) == pytest.approx(32 ** -0.5, rel=0.15)      # dim 32 in the tiny config

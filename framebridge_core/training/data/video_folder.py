@@ -13,11 +13,11 @@ Columns (paths are relative to the CSV's folder):
 * ``label``: a class name; classes are numbered in sorted order (the trained model's class table).
 * ``caption``: text, kept for the record (text models train on its precomputed embedding).
 * ``latents``: a ``.safetensors`` with the clip's precomputed tensors for the large families:
-  ``latent`` (the VAE latent in the family's layout: VideoCrafter ``[C, T, H, W]``, CogVideoX
-  ``[F, C, H, W]``), ``text`` (the caption's text-encoder tokens), for VideoCrafter ``image`` (CLIP
-  tokens of frame 0) and optionally ``fs`` (frame stride) and ``prior`` (the prior latent; default:
-  frame 0 repeated). A ``null.safetensors`` next to the CSV with ``text`` (the empty prompt's
-  embedding) enables text dropout for classifier-free guidance.
+  ``latent`` (the VAE latent in the family's layout: VideoCrafter ``[C, T, H, W]``, CogVideoX and
+  Latte ``[F, C, H, W]``), ``text`` (the caption's text-encoder tokens; Latte uses ``label`` instead),
+  for VideoCrafter ``image`` (CLIP tokens of frame 0) and optionally ``fs`` (frame stride) and
+  ``prior`` (the prior latent; default: frame 0 repeated). A ``null.safetensors`` next to the CSV
+  with ``text`` (the empty prompt's embedding) enables text dropout for classifier-free guidance.
 
 Pixel clips (no ``latents`` column) train the pack's tiny models (``--family tiny --data <folder>``)
 with the labels as classes. Batches are drawn with a generator, so runs are reproducible and every
