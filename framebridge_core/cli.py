@@ -1,8 +1,9 @@
-"""Command line: ``train`` a model, ``generate`` a clip from an image, ``bench quality``.
+"""Command line: ``train`` a model, ``generate`` a clip from an image, ``bench quality|motion|speed``.
 
     python -m framebridge_core generate --motion zoom-in --out out.webp
     python -m framebridge_core train --kind bridge --preset tiny --minutes 40 --out runs/bridge
     python -m framebridge_core bench quality --runs benchmarks/runs
+    python -m framebridge_core bench speed --comfyui /path/to/ComfyUI --python /path/to/comfy-venv/bin/python
 """
 
 from __future__ import annotations
@@ -123,9 +124,10 @@ def _generate(args) -> int:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (not part of the tests)")
-    p.add_argument("what", choices=["quality", "motion"],
+    p.add_argument("what", choices=["quality", "motion", "speed"],
                    help="quality: bridge vs diffusion vs neural prior vs SAF; motion: do the bundled "
-                        "models follow the requested motion on unseen images")
+                        "models follow the requested motion on unseen images; speed: ComfyUI vs generate, "
+                        "sampler overhead and ours vs the official code, as ratios measured in one run")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help)")
 
 
@@ -134,6 +136,10 @@ def _bench(args) -> int:
         from .evaluation.motion import main as motion_main
 
         return motion_main(args.rest)
+    if args.what == "speed":
+        from .evaluation.speed import main as speed_main
+
+        return speed_main(args.rest)
     from .evaluation.quality import main as bench_main
 
     return bench_main(args.rest)
