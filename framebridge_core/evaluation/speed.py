@@ -12,8 +12,6 @@ Rows (each a ratio of paired, interleaved timings; :mod:`.speed_report`):
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import platform
 import shutil
@@ -43,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the framebridge-videocrafter folder of a thu-ml/FrameBridge checkout (adds the "
                         "VideoCrafter rows; two full-size UNets in memory at once, about 15 GB)")
     p.add_argument("--official-python", default=None,
-                   help="interpreter for the official children (the Latte code needs timm); default: this one")
+                   help="interpreter for both children of the official comparison (the official Latte code "
+                        "needs timm); default: this one")
     p.add_argument("--parts", default=",".join(PARTS),
                    help="comma list of comfyui, sampler, official (default: all; a part without its paths is "
                         "listed as not measured)")
@@ -100,20 +99,12 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------
 
 
-def _generate_argv(out: Path, image: Path, steps: int, cfg: float, seed: int, threads: int) -> list:
-    return ["generate", "--image", str(image), "--out", str(out), "--steps", str(steps), "--cfg", str(cfg),
-            "--seed", str(seed), "--threads", str(threads)]
-
-
-def time_generate(argv: list) -> float:
-    """One in-process ``generate`` (model load, sampling, the written animation and sheet), timed."""
-    from ..cli import main as cli_main
+def time_generate(out: Path, steps: int, cfg: float, seed: int) -> float:
+    """One ``generate`` as the command runs it (model load, sampling, the animation and sheet written)."""
+    from ..tiny.clip_file import make_clip_file
 
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        rc = cli_main(argv)
-    if rc != 0:
-        raise ConfigError(f"generate {' '.join(argv[1:])} exited with status {rc}")
+    make_clip_file(out, steps=steps, cfg=cfg, seed=seed)
     return time.perf_counter() - t0
 
 
@@ -128,7 +119,7 @@ def comfyui_vs_generate(a, tmp: Path) -> tuple[list, list]:
     if method != "sde":
         raise ConfigError(f"the Tiny workflow's sampler method is {method!r}; generate samples with 'sde' only")
     base = make_base_dir(tmp / "comfy-base", DEFAULT_IMAGE)
-    gen = lambda i: time_generate(_generate_argv(tmp / f"gen-{i}.webp", DEFAULT_IMAGE, steps, cfg, i, a.threads))
+    gen = lambda i: time_generate(tmp / f"gen-{i}.webp", steps, cfg, i)
     print(f"starting ComfyUI ({a.comfyui}) ...", file=sys.stderr)
     with ComfyServer(a.comfyui, a.python, base, a.threads) as server:
         comfy = lambda i: server.run(with_settings(workflow, seed=i, steps=steps))
@@ -136,7 +127,7 @@ def comfyui_vs_generate(a, tmp: Path) -> tuple[list, list]:
         first_g = gen(0)
         seeds = iter(range(1, 2 * a.repeats + 1))
         warm_c, warm_g = interleaved(a.repeats, lambda: comfy(next(seeds)), lambda: gen(next(seeds)))
-        startup = server.startup_s
+        startup, server_torch = server.startup_s, server.torch_version()
     size = "64×64, 16 frames"
     what = f"Tiny workflow, {steps} steps, CFG {cfg:g}, {size}"
     rows = [Comparison("ComfyUI server vs generate", f"{what}: first run", "ComfyUI (queue → done)",
@@ -144,8 +135,15 @@ def comfyui_vs_generate(a, tmp: Path) -> tuple[list, list]:
                        note="ComfyUI: first prompt after start-up; generate: first call in this process"),
             Comparison("ComfyUI server vs generate", f"{what}: warm", "ComfyUI (queue → done)",
                        "generate (in-process)", warm_c, warm_g, note="new seed each run")]
-    notes = [f"ComfyUI ({a.comfyui.name}, `main.py --cpu --use-pytorch-cross-attention`, OMP_NUM_THREADS = the "
-             f"thread count below) started in {startup:.1f} s (not in the table). Warm ComfyUI runs re-execute "
+    import torch
+
+    same = server_torch == torch.__version__
+    notes = [f"The ComfyUI server (`main.py --cpu --use-pytorch-cross-attention`, OMP_NUM_THREADS = the "
+             f"torch threads under Machine, torch {server_torch}) started in {startup:.1f} s (not in the table); generate ran "
+             f"in this process (torch {torch.__version__})"
+             + ("." if same else " — different torch builds, so the ratio includes their difference; run the "
+                "benchmark with ComfyUI's interpreter to compare like with like.")
+             + " Warm ComfyUI runs re-execute "
              "only the sampler and what follows it (model loads, prior and neural prior are cached for an "
              "unchanged input); every generate call loads the two models again, samples, writes the .webp "
              "animation and a contact sheet. Both run the bridge from the neural prior on the default image."]
@@ -229,7 +227,8 @@ def official_rows(a, tmp: Path) -> tuple[list, list]:
         rows.append(Comparison(sec, f"{name} process peak memory", "ours", "official",
                                [mo["process_peak_mb"]], [mf["process_peak_mb"]], unit="MB",
                                note="includes each interpreter's imports"))
-        notes.append(f"{name}: max |ours − official| = {r['max_abs_diff']:.2e} on outputs up to "
+        notes.append(f"{name}: both sides in `{a.official_python or sys.executable}` (torch {mo['torch']}, "
+                     f"{mo['threads']} threads); max |ours − official| = {r['max_abs_diff']:.2e} on outputs up to "
                      f"{r['output_scale']:.3g}; model build + random weights took {r['load_s']['ours']:.1f} s (ours) "
                      f"and {r['load_s']['official']:.1f} s (official), outside the table.")
     return rows, notes

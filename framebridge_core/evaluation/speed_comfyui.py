@@ -141,6 +141,13 @@ class ComfyServer:
                                   f"its log ends with:\n{self.log_tail()}")
             time.sleep(0.3)
 
+    def torch_version(self) -> str:
+        """The server's torch (``/system_stats``), so the report can say whether both sides share it."""
+        try:
+            return str(self._get("/system_stats")["system"]["pytorch_version"])
+        except (urllib.error.URLError, KeyError, TypeError, json.JSONDecodeError):
+            return "unknown"
+
     def run(self, prompt: dict, timeout: float = 600.0) -> float:
         """Queue ``prompt``; seconds from queueing to ComfyUI's ``execution_success``."""
         body = json.dumps({"prompt": prompt, "client_id": "framebridge-bench"}).encode("utf-8")

@@ -129,7 +129,7 @@ def child(family: str, side: str, out: str) -> None:
         reply({"s": time.perf_counter() - t0})
     torch.save(y.float().cpu(), out)
     reply({"forward_peak_mb": (rss_kb("VmHWM") - base) / 1024, "process_peak_mb": rss_kb("VmHWM") / 1024,
-           "threads": torch.get_num_threads()})
+           "threads": torch.get_num_threads(), "torch": torch.__version__})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,8 +176,9 @@ class Child:
 
 def compare(family: str, official_root: Path, repeats: int, threads: int, tmp: Path,
             official_python: Optional[str] = None) -> dict:
-    """Both children alive at once, forwards interleaved (official first in even repeats).
-    Returns the per-pair times, each side's memory figures and the largest output difference."""
+    """Both children alive at once, run by the same interpreter (``official_python``, default this one),
+    forwards interleaved (ours first in even repeats). Returns the per-pair times, each side's memory
+    figures, torch version and thread count, and the largest output difference."""
     import torch
 
     from .speed_report import interleaved
@@ -185,9 +186,9 @@ def compare(family: str, official_root: Path, repeats: int, threads: int, tmp: P
     outs = {s: tmp / f"{family}-{s}.pt" for s in ("ours", "official")}
     kids: dict = {}
     try:
-        kids["official"] = Child(family, "official", official_python or sys.executable, official_root,
-                                 outs["official"], threads)
-        kids["ours"] = Child(family, "ours", sys.executable, None, outs["ours"], threads)
+        python = official_python or sys.executable
+        kids["official"] = Child(family, "official", python, official_root, outs["official"], threads)
+        kids["ours"] = Child(family, "ours", python, None, outs["ours"], threads)
         ours, official = interleaved(repeats, kids["ours"].forward, kids["official"].forward)
         mem = {s: k.finish() for s, k in kids.items()}
     finally:
