@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from proc_memory import reset_peak, rss_kb
-
 REPO = Path(__file__).resolve().parents[1]
 
 #: CogVideoX-2B ``transformer/config.json`` with FrameBridge's 32 input channels (noisy + image-clip latent)
@@ -60,6 +58,8 @@ def _reset_counters(device: str) -> dict:
     """Zero the peak counters; returns the baselines (resident memory, CUDA memory allocated now)."""
     import torch
 
+    from framebridge_core.evaluation.proc_memory import reset_peak, rss_kb
+
     _sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -70,6 +70,8 @@ def _reset_counters(device: str) -> dict:
 
 def _peaks(device: str, base: dict) -> dict:
     import torch
+
+    from framebridge_core.evaluation.proc_memory import rss_kb
 
     rec = {"peak_mb": (rss_kb("VmHWM") - base["rss_kb"]) / 1024, "process_peak_mb": rss_kb("VmHWM") / 1024}
     if device.startswith("cuda"):

@@ -1,8 +1,9 @@
-"""Command line: ``train`` a model, ``generate`` a clip from an image, ``bench quality``.
+"""Command line: ``train`` a model, ``generate`` a clip from an image, ``bench quality|motion|speed``.
 
     python -m framebridge_core generate --motion zoom-in --out out.webp
     python -m framebridge_core train --kind bridge --preset tiny --minutes 40 --out runs/bridge
     python -m framebridge_core bench quality --runs benchmarks/runs
+    python -m framebridge_core bench speed --comfyui /path/to/ComfyUI --python /path/to/comfy-venv/bin/python
 """
 
 from __future__ import annotations
@@ -96,25 +97,17 @@ def _generate(args) -> int:
     import torch
 
     from .bridge.extend import Extended, seam_report
-    from .tiny.animator import DEFAULT_IMAGE, TinyAnimator
-    from .video_io import contact_sheet, load_image, write_animation
+    from .tiny.clip_file import make_clip_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    animator = TinyAnimator(args.model, neural_prior=args.neural_prior)
-    frame = load_image(args.image or DEFAULT_IMAGE, animator.size)
-    t1 = time.time()
-    frames = args.frames if args.frames is not None else animator.frames
-    extended = animator.animate_long(frame, args.motion, frames, overlap=args.overlap, steps=args.steps,
-                                     cfg=args.cfg, seed=args.seed)
-    video = extended.video
-    t2 = time.time()
-    out = write_animation(video, args.out, fps=args.fps, scale=args.scale)
-    rows = list(video.split(animator.frames))  # one row per model window
-    sheet = contact_sheet(rows, out.with_name(out.stem + "-sheet.png"), scale=2)
-    print(f"{out} ({video.shape[0]} frames, {video.shape[-1] * args.scale}px, motion {args.motion}); "
-          f"contact sheet {sheet}; generation {t2 - t1:.1f} s, total {time.time() - t0:.1f} s")
+    clip = make_clip_file(args.out, image=args.image, motion=args.motion, steps=args.steps, cfg=args.cfg,
+                          seed=args.seed, neural_prior=args.neural_prior, model=args.model, frames=args.frames,
+                          overlap=args.overlap, scale=args.scale, fps=args.fps)
+    video, extended = clip.video, clip.extended
+    print(f"{clip.out} ({video.shape[0]} frames, {video.shape[-1] * args.scale}px, motion {args.motion}); "
+          f"contact sheet {clip.sheet}; generation {clip.generation_s:.1f} s, total {time.time() - t0:.1f} s")
     if extended.seams:
         report = seam_report(Extended((video + 1) / 2, extended.seams, extended.overlap, extended.segment_length))
         print(f"{len(extended.seams)} segments chained; " + "; ".join(report.lines()) + " (values in [0, 1])")
@@ -123,9 +116,10 @@ def _generate(args) -> int:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (not part of the tests)")
-    p.add_argument("what", choices=["quality", "motion"],
+    p.add_argument("what", choices=["quality", "motion", "speed"],
                    help="quality: bridge vs diffusion vs neural prior vs SAF; motion: do the bundled "
-                        "models follow the requested motion on unseen images")
+                        "models follow the requested motion on unseen images; speed: ComfyUI vs generate, "
+                        "sampler overhead and ours vs the official code, as ratios measured in one run")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (see --help)")
 
 
@@ -134,6 +128,10 @@ def _bench(args) -> int:
         from .evaluation.motion import main as motion_main
 
         return motion_main(args.rest)
+    if args.what == "speed":
+        from .evaluation.speed import main as speed_main
+
+        return speed_main(args.rest)
     from .evaluation.quality import main as bench_main
 
     return bench_main(args.rest)

@@ -1,4 +1,4 @@
-"""Resident-memory probes shared by the benchmark scripts (Linux ``/proc``; -1 / no-op elsewhere)."""
+"""Resident-memory probes shared by the benchmarks (Linux ``/proc``; -1 / no-op elsewhere)."""
 
 from __future__ import annotations
 
