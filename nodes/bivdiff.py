@@ -27,7 +27,7 @@ import latent_preview
 
 from ..framebridge_core.bivdiff import presets as bivdiff
 from ..framebridge_core.checkpoints import load_state_dict, normalize_state_dict
-from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D
+from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D, modelscope_state_dict
 from ..framebridge_core.errors import ConfigError, ShapeError
 from ..framebridge_core.bivdiff.inversion import LADDERS, check_mixing_ratio, inversion_ladder, mix_latents
 from ..framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
@@ -48,7 +48,8 @@ class LoadVideoModel(CheckedNode):
             category=CATEGORY,
             description=(
                 "Loads a ModelScope T2V / ZeroScope v2 video UNet (diffusers 'unet/diffusion_pytorch_model"
-                ".safetensors') from models/diffusion_models as a MODEL. Its text encoder is OpenCLIP-H: load "
+                ".safetensors', or the original ModelScope 'text2video_pytorch_model.pth') from "
+                "models/diffusion_models as a MODEL. Its text encoder is OpenCLIP-H: load "
                 "the pipeline's text_encoder with 'Load CLIP' (type stable_diffusion). It shares SD-1.5's "
                 "latent space, so BIVDiff can mix its inversion with SD-1.5's."
             ),
@@ -78,6 +79,7 @@ class LoadVideoModel(CheckedNode):
         if info.name != MODELSCOPE_UNET3D:
             raise wrong_loader(unet_name, info.name, node, "ModelScope / ZeroScope video UNets")
         sd, _, _ = normalize_state_dict(sd)
+        sd = modelscope_state_dict(sd)  # the original ModelScope layout is renamed to the network's names
         return io.NodeOutput(build_modelscope_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
 
 
