@@ -25,6 +25,7 @@ import comfy.utils
 import folder_paths
 import latent_preview
 
+from ..framebridge_core.bivdiff import depth as bivdiff_depth
 from ..framebridge_core.bivdiff import presets as bivdiff
 from ..framebridge_core.checkpoints import load_state_dict, normalize_state_dict
 from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D, modelscope_state_dict
@@ -293,4 +294,36 @@ class OutpaintingMask(CheckedNode):
         return io.NodeOutput(m[None].expand(images.shape[0], -1, -1).contiguous())
 
 
-NODES = [LoadVideoModel, MixedInversion, SelectFrames, OutpaintingMask]
+class DepthFrames(CheckedNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BIV_DepthFrames",
+            display_name="BIVDiff Depth Frames",
+            category=CATEGORY,
+            description=("Checks depth maps made by any depth preprocessor (or a depth video) and normalises them as "
+                         "BIVDiff's MiDaS maps are (grey, near = bright, each frame stretched to 0..1), for a depth "
+                         "ControlNet or T2I-Adapter. Refuses coloured depth views, NaNs, flat frames and a frame "
+                         "count or size that does not match the source frames."),
+            inputs=[
+                io.Image.Input("depth", tooltip="The depth maps, one per frame (grey; 1 or 3 channels)."),
+                io.Combo.Input("normalize", options=list(bivdiff_depth.NORMALIZE_MODES), default="per_frame",
+                               tooltip="per_frame: each map stretched to 0..1 (MiDaS in controlnet_aux, as BIVDiff); "
+                                       "per_clip: one stretch for the clip; none: keep the values (must be 0..1)."),
+                io.Boolean.Input("invert", default=False,
+                                 tooltip="Turn far = bright maps (metric depth) into near = bright, what depth "
+                                         "ControlNets and T2I-Adapters were trained on."),
+                io.Image.Input("frames", optional=True,
+                               tooltip="The source frames the maps belong to: count and size must match them."),
+            ],
+            outputs=[io.Image.Output(tooltip="Grey depth maps in 0..1 (3 channels), one per frame: the image of "
+                                             "Apply ControlNet.")],
+        )
+
+    @classmethod
+    def execute(cls, depth, normalize, invert, frames=None) -> io.NodeOutput:
+        check_choice(normalize, bivdiff_depth.NORMALIZE_MODES, "BIVDiff Depth Frames", "normalize")
+        return io.NodeOutput(bivdiff_depth.normalize_depth_frames(depth, normalize, bool(invert), frames))
+
+
+NODES = [LoadVideoModel, MixedInversion, SelectFrames, OutpaintingMask, DepthFrames]
