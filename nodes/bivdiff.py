@@ -25,9 +25,10 @@ import comfy.utils
 import folder_paths
 import latent_preview
 
+from ..framebridge_core.bivdiff import depth as bivdiff_depth
 from ..framebridge_core.bivdiff import presets as bivdiff
 from ..framebridge_core.checkpoints import load_state_dict, normalize_state_dict
-from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D
+from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D, modelscope_state_dict
 from ..framebridge_core.errors import ConfigError, ShapeError
 from ..framebridge_core.bivdiff.inversion import LADDERS, check_mixing_ratio, inversion_ladder, mix_latents
 from ..framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
@@ -48,7 +49,8 @@ class LoadVideoModel(CheckedNode):
             category=CATEGORY,
             description=(
                 "Loads a ModelScope T2V / ZeroScope v2 video UNet (diffusers 'unet/diffusion_pytorch_model"
-                ".safetensors') from models/diffusion_models as a MODEL. Its text encoder is OpenCLIP-H: load "
+                ".safetensors', or the original ModelScope 'text2video_pytorch_model.pth') from "
+                "models/diffusion_models as a MODEL. Its text encoder is OpenCLIP-H: load "
                 "the pipeline's text_encoder with 'Load CLIP' (type stable_diffusion). It shares SD-1.5's "
                 "latent space, so BIVDiff can mix its inversion with SD-1.5's."
             ),
@@ -78,6 +80,7 @@ class LoadVideoModel(CheckedNode):
         if info.name != MODELSCOPE_UNET3D:
             raise wrong_loader(unet_name, info.name, node, "ModelScope / ZeroScope video UNets")
         sd, _, _ = normalize_state_dict(sd)
+        sd = modelscope_state_dict(sd)  # the original ModelScope layout is renamed to the network's names
         return io.NodeOutput(build_modelscope_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
 
 
@@ -291,4 +294,36 @@ class OutpaintingMask(CheckedNode):
         return io.NodeOutput(m[None].expand(images.shape[0], -1, -1).contiguous())
 
 
-NODES = [LoadVideoModel, MixedInversion, SelectFrames, OutpaintingMask]
+class DepthFrames(CheckedNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="BIV_DepthFrames",
+            display_name="BIVDiff Depth Frames",
+            category=CATEGORY,
+            description=("Checks depth maps made by any depth preprocessor (or a depth video) and normalises them as "
+                         "BIVDiff's MiDaS maps are (grey, near = bright, each frame stretched to 0..1), for a depth "
+                         "ControlNet or T2I-Adapter. Refuses coloured depth views, NaNs, flat frames and a frame "
+                         "count or size that does not match the source frames."),
+            inputs=[
+                io.Image.Input("depth", tooltip="The depth maps, one per frame (grey; 1 or 3 channels)."),
+                io.Combo.Input("normalize", options=list(bivdiff_depth.NORMALIZE_MODES), default="per_frame",
+                               tooltip="per_frame: each map stretched to 0..1 (MiDaS in controlnet_aux, as BIVDiff); "
+                                       "per_clip: one stretch for the clip; none: keep the values (must be 0..1)."),
+                io.Boolean.Input("invert", default=False,
+                                 tooltip="Turn far = bright maps (metric depth) into near = bright, what depth "
+                                         "ControlNets and T2I-Adapters were trained on."),
+                io.Image.Input("frames", optional=True,
+                               tooltip="The source frames the maps belong to: count and size must match them."),
+            ],
+            outputs=[io.Image.Output(tooltip="Grey depth maps in 0..1 (3 channels), one per frame: the image of "
+                                             "Apply ControlNet.")],
+        )
+
+    @classmethod
+    def execute(cls, depth, normalize, invert, frames=None) -> io.NodeOutput:
+        check_choice(normalize, bivdiff_depth.NORMALIZE_MODES, "BIVDiff Depth Frames", "normalize")
+        return io.NodeOutput(bivdiff_depth.normalize_depth_frames(depth, normalize, bool(invert), frames))
+
+
+NODES = [LoadVideoModel, MixedInversion, SelectFrames, OutpaintingMask, DepthFrames]

@@ -19,6 +19,8 @@ EXPECTED = {
     "BIVDiff-ZeroScope-Outpainting.json": (0.1, "", ""),  # StableDiffusionInpainting/infer.py: "" and ""
     "BIVDiff-ZeroScope-Inpainting.json": (0.1, "", ""),
     "BIVDiff-ZeroScope-InstructPix2Pix-Edit.json": (1.0, POS, NEG_START),  # InstructPix2Pix/infer.py: POS / NEG
+    "BIVDiff-ZeroScope-T2IAdapter-Canny.json": (1.0, "", ""),  # T2IAdapter/infer.py: "" and ""
+    "BIVDiff-ZeroScope-ControlNet-Depth.json": (1.0, POS, NEG_START),
 }
 #: per workflow: the stage-one nodes (image model, conditioning and sampler), all ComfyUI core
 STAGE_ONE = {
@@ -29,6 +31,10 @@ STAGE_ONE = {
     "BIVDiff-ZeroScope-InstructPix2Pix-Edit.json": {"InstructPixToPixConditioning", "DualCFGGuider", "RandomNoise",
                                                     "KSamplerSelect", "BasicScheduler", "SamplerCustomAdvanced"},
     "BIVDiff-ZeroScope-Smooth-Frames.json": set(),
+    "BIVDiff-ZeroScope-T2IAdapter-Canny.json": {"Canny", "ControlNetLoader", "ControlNetApplyAdvanced",
+                                                "EmptyLatentImage", "KSampler"},
+    "BIVDiff-ZeroScope-ControlNet-Depth.json": {"BIV_DepthFrames", "ControlNetLoader", "ControlNetApplyAdvanced",
+                                                "EmptyLatentImage", "KSampler"},
 }
 #: per workflow: the image model of stage one (the inversion always uses plain SD-1.5)
 IMAGE_MODEL = {
@@ -36,6 +42,8 @@ IMAGE_MODEL = {
     "BIVDiff-ZeroScope-Outpainting.json": "sd-v1-5-inpainting.ckpt",
     "BIVDiff-ZeroScope-Inpainting.json": "sd-v1-5-inpainting.ckpt",
     "BIVDiff-ZeroScope-InstructPix2Pix-Edit.json": "instruct-pix2pix-00-22000.safetensors",
+    "BIVDiff-ZeroScope-T2IAdapter-Canny.json": "v1-5-pruned-emaonly.safetensors",
+    "BIVDiff-ZeroScope-ControlNet-Depth.json": "v1-5-pruned-emaonly.safetensors",
 }
 STAGE_ONE_SAMPLERS = ("KSampler", "SamplerCustomAdvanced")
 
@@ -45,9 +53,10 @@ def by_type(prompt, class_type):
 
 
 def test_there_are_bivdiff_workflows_with_ui_twins():
-    assert [p.name for p in API] == ["BIVDiff-ZeroScope-ControlNet-Canny.json", "BIVDiff-ZeroScope-Inpainting.json",
-                                     "BIVDiff-ZeroScope-InstructPix2Pix-Edit.json", "BIVDiff-ZeroScope-Outpainting.json",
-                                     "BIVDiff-ZeroScope-Smooth-Frames.json"]
+    assert [p.name for p in API] == ["BIVDiff-ZeroScope-ControlNet-Canny.json", "BIVDiff-ZeroScope-ControlNet-Depth.json",
+                                     "BIVDiff-ZeroScope-Inpainting.json", "BIVDiff-ZeroScope-InstructPix2Pix-Edit.json",
+                                     "BIVDiff-ZeroScope-Outpainting.json", "BIVDiff-ZeroScope-Smooth-Frames.json",
+                                     "BIVDiff-ZeroScope-T2IAdapter-Canny.json"]
     for p in API:
         assert (ROOT / "workflows" / p.name).is_file(), p.name
 
@@ -118,7 +127,8 @@ def sampler_model(prompt, inputs):
 def test_stage_one_uses_core_nodes_and_the_task_image_model(path):
     prompt = json.loads(path.read_text(encoding="utf-8"))
     ours = {n["class_type"] for n in prompt.values() if n["class_type"].startswith("BIV_")}
-    assert ours <= {"BIV_LoadVideoModel", "BIV_MixedInversion", "BIV_SelectFrames", "BIV_OutpaintingMask"}
+    assert ours <= {"BIV_LoadVideoModel", "BIV_MixedInversion", "BIV_SelectFrames", "BIV_OutpaintingMask",
+                    "BIV_DepthFrames"}
     present = {n["class_type"] for n in prompt.values()}
     assert STAGE_ONE[path.name] <= present, STAGE_ONE[path.name] - present
     samplers = [(t, n) for t in STAGE_ONE_SAMPLERS for n in by_type(prompt, t)]
@@ -195,3 +205,55 @@ def test_inpainting_workflow_reads_a_binarized_mask_video_like_the_source():
     (ks,) = by_type(prompt, "KSampler")
     assert prompt[ks["positive"][0]]["class_type"] == "InpaintModelConditioning"
     assert ks["latent_image"] == [ks["positive"][0], 2] and ks["negative"] == [ks["positive"][0], 1]
+
+
+def _chain(prompt, ref):
+    """The node ``ref`` points at and the nodes its image / video input comes from, in order."""
+    out = []
+    while ref is not None:
+        node = prompt[ref[0]]
+        out.append(node)
+        ref = node["inputs"].get("image") or node["inputs"].get("images") or node["inputs"].get("video")
+    return out
+
+
+def test_t2iadapter_workflow_loads_the_adapter_through_core_and_feeds_canny_the_0_1_frames():
+    prompt = json.loads((ROOT / "workflows" / "api" / "BIVDiff-ZeroScope-T2IAdapter-Canny.json").read_text())
+    (loader,) = by_type(prompt, "ControlNetLoader")
+    assert loader["control_net_name"] == "t2iadapter_canny_sd15v2.pth"  # models/T2IAdapter/infer.py adapter_dict
+    (cn,) = by_type(prompt, "ControlNetApplyAdvanced")
+    assert (cn["strength"], cn["start_percent"], cn["end_percent"]) == (1.0, 0.0, 1.0)
+    # the fix of models/T2IAdapter/infer.py:62 (its [-1, 1] -> [0, 1] rescale is commented out): Canny takes the
+    # scaled frames as ComfyUI IMAGEs (0..1), nothing rescales them in between
+    canny = _chain(prompt, cn["image"])
+    assert [n["class_type"] for n in canny] == ["Canny", "ImageScale", "BIV_SelectFrames", "GetVideoComponents",
+                                                "LoadVideo"]
+    assert (canny[0]["inputs"]["low_threshold"], canny[0]["inputs"]["high_threshold"]) == (0.4, 0.8)
+    assert canny[-1]["inputs"]["file"] == "car-turn-2.mp4"  # configs/..._t2iadapter_and_vidrd.yaml
+    (ks,) = by_type(prompt, "KSampler")
+    assert (ks["sampler_name"], ks["scheduler"]) == ("ddim", "ddim_uniform")  # the adapter pipeline's DDIM
+    text = lambda ref: prompt[ref[0]]["inputs"]["text"]
+    assert text(cn["positive"]) == "A red car moves in front of buildings" and text(cn["negative"]) == ""
+
+
+def test_depth_workflow_checks_the_depth_video_against_the_source_frames():
+    prompt = json.loads((ROOT / "workflows" / "api" / "BIVDiff-ZeroScope-ControlNet-Depth.json").read_text())
+    (loader,) = by_type(prompt, "ControlNetLoader")
+    assert loader["control_net_name"] == "control_v11f1p_sd15_depth.pth"  # models/ControlNet/infer.py depth_midas
+    (cn,) = by_type(prompt, "ControlNetApplyAdvanced")
+    depth_node = prompt[cn["image"][0]]
+    assert depth_node["class_type"] == "BIV_DepthFrames"
+    assert (depth_node["inputs"]["normalize"], depth_node["inputs"]["invert"]) == ("per_frame", False)  # as MiDaS
+    depth, source = _chain(prompt, depth_node["inputs"]["depth"]), _chain(prompt, depth_node["inputs"]["frames"])
+    kinds = ["ImageScale", "BIV_SelectFrames", "GetVideoComponents", "LoadVideo"]
+    assert [n["class_type"] for n in depth] == [n["class_type"] for n in source] == kinds
+    for d, s in zip(depth[:2], source[:2]):  # the same frames of both videos, at the same size
+        assert d["inputs"] | {"image": None, "images": None} == s["inputs"] | {"image": None, "images": None}
+    assert (source[-1]["inputs"]["file"], depth[-1]["inputs"]["file"]) == ("mbike-trick.mp4", "mbike-trick-depth.mp4")
+    # one video-model loader feeds the inversion and the smoothing, so another video model is one node swap
+    (video_loader,) = [k for k, n in prompt.items() if n["class_type"] == "BIV_LoadVideoModel"]
+    (inv,) = by_type(prompt, "BIV_MixedInversion")
+    (ks,) = by_type(prompt, "KSamplerAdvanced")
+    assert inv["video_model"] == ks["model"] == [video_loader, 0]
+    text = lambda ref: prompt[ref[0]]["inputs"]["text"]
+    assert text(ks["positive"]) == "A person on a motorcycle does a burnout on a frozen lake" + POS

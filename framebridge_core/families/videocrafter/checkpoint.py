@@ -58,7 +58,9 @@ class VideoCrafterParts:
 
 def _unet_prefix(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
     for p in UNET_PREFIXES:
+        # input_blocks.0.1 is ModelScope UNetSD's first temporal transformer (DynamiCrafter's is init_attn)
         if f"{p}input_blocks.0.0.weight" in sd and f"{p}time_embed.0.weight" in sd and \
+                f"{p}input_blocks.0.1.proj_in.weight" not in sd and \
                 any(k.startswith(f"{p}input_blocks.") and ".temopral_conv." in k for k in sd):
             return p
     return None
