@@ -1,9 +1,11 @@
-"""Command line: ``train`` a model, ``generate`` a clip from an image, ``bench quality|motion|speed``.
+"""Command line: ``train`` a model, ``generate`` a clip from an image, ``bench quality|motion|speed``,
+``vidrd-text-encoder`` (the text encoder of BIVDiff's VidRD ModelT2V.pth as .safetensors for Load CLIP).
 
     python -m framebridge_core generate --motion zoom-in --out out.webp
     python -m framebridge_core train --kind bridge --preset tiny --minutes 40 --out runs/bridge
     python -m framebridge_core bench quality --runs benchmarks/runs
     python -m framebridge_core bench speed --comfyui /path/to/ComfyUI --python /path/to/comfy-venv/bin/python
+    python -m framebridge_core vidrd-text-encoder ModelT2V.pth --out vidrd_text_encoder.safetensors
 """
 
 from __future__ import annotations
@@ -137,6 +139,29 @@ def _bench(args) -> int:
     return bench_main(args.rest)
 
 
+def _add_vidrd(sub) -> None:
+    p = sub.add_parser("vidrd-text-encoder", help="write the text_encoder.* of VidRD's ModelT2V.pth as .safetensors "
+                                                  "for core Load CLIP (read with weights_only=True)")
+    p.add_argument("checkpoint", help="BIVDiff's VidRD ModelT2V.pth")
+    p.add_argument("--out", required=True, help="output .safetensors (put it in ComfyUI/models/text_encoders/)")
+
+
+def _vidrd(args) -> int:
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .checkpoints import load_state_dict
+    from .families.vidrd.checkpoint import text_encoder_state_dict
+
+    sd, _ = load_state_dict(args.checkpoint)
+    te = text_encoder_state_dict(sd, f"'{Path(args.checkpoint).name}'")
+    save_file(te, args.out)
+    print(f"{args.out}: {len(te)} tensors, {sum(v.numel() for v in te.values()) / 1e6:.0f}M parameters "
+          f"(load with 'Load CLIP', type stable_diffusion)")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framebridge_core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,9 +169,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _add_train(sub)
     _add_generate(sub)
     _add_bench(sub)
+    _add_vidrd(sub)
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "generate": _generate, "bench": _bench}[args.command](args)
+        return {"train": _train, "generate": _generate, "bench": _bench,
+                "vidrd-text-encoder": _vidrd}[args.command](args)
     except FrameBridgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

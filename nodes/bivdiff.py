@@ -1,4 +1,4 @@
-"""BIVDiff nodes: the ModelScope / ZeroScope video model as a core MODEL, Mixed Inversion, and
+"""BIVDiff nodes: the video model (ModelScope / ZeroScope, or VidRD) as a core MODEL, Mixed Inversion, and
 small helpers (frame sub-sampling, outpainting mask).
 
 The image-model stage (SD-1.5 + ControlNet / InstructPix2Pix / inpainting on a batch of frames)
@@ -29,11 +29,13 @@ from ..framebridge_core.bivdiff import depth as bivdiff_depth
 from ..framebridge_core.bivdiff import presets as bivdiff
 from ..framebridge_core.checkpoints import load_state_dict, normalize_state_dict
 from ..framebridge_core.families.modelscope.checkpoint import MODELSCOPE_UNET3D, modelscope_state_dict
+from ..framebridge_core.families.vidrd.checkpoint import OFFICIAL_FILE as VIDRD_FILE, VIDRD
 from ..framebridge_core.errors import ConfigError, ShapeError
 from ..framebridge_core.bivdiff.inversion import LADDERS, check_mixing_ratio, inversion_ladder, mix_latents
 from ..framebridge_core.vp import ddim_step, scaled_linear_alphas_cumprod as sd_alphas_cumprod, sigma_of
 from .common import CheckedNode, WEIGHT_DTYPES, check_choice, check_number, identify, wrong_loader
 from .families.modelscope import build_modelscope_patcher
+from .families.vidrd import build_vidrd_patcher
 from .paths import file_fingerprint
 
 CATEGORY = "FrameBridge/BIVDiff"
@@ -48,16 +50,17 @@ class LoadVideoModel(CheckedNode):
             display_name="Load BIVDiff Video Model",
             category=CATEGORY,
             description=(
-                "Loads a ModelScope T2V / ZeroScope v2 video UNet (diffusers 'unet/diffusion_pytorch_model"
-                ".safetensors', or the original ModelScope 'text2video_pytorch_model.pth') from "
-                "models/diffusion_models as a MODEL. Its text encoder is OpenCLIP-H: load "
-                "the pipeline's text_encoder with 'Load CLIP' (type stable_diffusion). It shares SD-1.5's "
-                "latent space, so BIVDiff can mix its inversion with SD-1.5's."
+                "Loads one of BIVDiff's video models from models/diffusion_models as a MODEL; the family is read "
+                "from the weights: a ModelScope T2V / ZeroScope v2 video UNet (diffusers 'unet/diffusion_pytorch_"
+                f"model.safetensors', or the original ModelScope 'text2video_pytorch_model.pth') or VidRD ('{VIDRD_FILE}', Stable Diffusion 2.1-base inflated to video). "
+                "Both use OpenCLIP-H as text encoder: load ZeroScope's text_encoder, or for VidRD SD 2.1's, with "
+                "'Load CLIP' (type stable_diffusion), or take the CLIP of an SD 2.1 checkpoint. Both share "
+                "SD-1.5's latent space, so BIVDiff can mix their inversion with SD-1.5's."
             ),
             inputs=[
                 io.Combo.Input("unet_name", options=folder_paths.get_filename_list(VIDEO_MODEL_FOLDER),
-                               tooltip="The video UNet in models/diffusion_models (the family is read from the "
-                                       "weights, not the file name)."),
+                               tooltip="The video UNet in models/diffusion_models: ZeroScope's UNet or VidRD's "
+                                       f"{VIDRD_FILE} (the family is read from the weights, not the file name)."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
                                tooltip="Precision of the weights. 'default' lets ComfyUI choose for your device "
                                        "(BIVDiff ran fp16)."),
@@ -77,9 +80,11 @@ class LoadVideoModel(CheckedNode):
         path = folder_paths.get_full_path_or_raise(VIDEO_MODEL_FOLDER, unet_name)
         sd, meta = load_state_dict(path)
         info = identify(unet_name, sd, meta, node)
-        if info.name != MODELSCOPE_UNET3D:
-            raise wrong_loader(unet_name, info.name, node, "ModelScope / ZeroScope video UNets")
+        if info.name not in (MODELSCOPE_UNET3D, VIDRD):
+            raise wrong_loader(unet_name, info.name, node, "ModelScope / ZeroScope and VidRD video UNets")
         sd, _, _ = normalize_state_dict(sd)
+        if info.name == VIDRD:
+            return io.NodeOutput(build_vidrd_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
         sd = modelscope_state_dict(sd)  # the original ModelScope layout is renamed to the network's names
         return io.NodeOutput(build_modelscope_patcher(info.config, sd, WEIGHT_DTYPES[weight_dtype]))
 
@@ -99,8 +104,8 @@ def _check_sd_schedule(model, role: str):
         raise ConfigError(
             f"the {role} model ({type(model.model).__name__}, {type(ms).__name__}) is not an ε-prediction model on "
             f"SD's 1000-step scaled_linear schedule; BIVDiff inverts both models on that one schedule. Use SD-1.5 "
-            f"(or SD-2.x-base) as the image model and ModelScope / ZeroScope as the video model, without "
-            f"ModelSampling* patches.")
+            f"(or SD-2.x-base) as the image model and ModelScope / ZeroScope or VidRD as the video model, "
+            f"without ModelSampling* patches.")
     return ms
 
 
@@ -180,7 +185,8 @@ class MixedInversion(CheckedNode):
                                       tooltip="Inversion prompt for the image model: BIVDiff's intent is the empty "
                                               "prompt \"\"; its code uses the negative prompt (ControlNet / "
                                               "InstructPix2Pix runs)."),
-                io.Model.Input("video_model", tooltip="From 'Load BIVDiff Video Model' (ModelScope / ZeroScope)."),
+                io.Model.Input("video_model", tooltip="From 'Load BIVDiff Video Model' (ModelScope / ZeroScope or "
+                                                      "VidRD)."),
                 io.Conditioning.Input("video_conditioning",
                                       tooltip="Inversion prompt for the video model, encoded with its own text "
                                               "encoder (\"\" by default)."),
@@ -226,7 +232,7 @@ class MixedInversion(CheckedNode):
                 f"the image model ({type(fi).__name__}: {ci} channels, scale {si}), the video model "
                 f"({type(fv).__name__}: {cv} channels, scale {sv}) and the latent ({samples.shape[1]} channels) must "
                 f"share one latent space: BIVDiff mixes two inversions of the same latent. Use SD-1.5 with "
-                f"ModelScope / ZeroScope and the SD VAE.")
+                f"ModelScope / ZeroScope or VidRD and the SD VAE.")
         lad = inversion_ladder(steps, ladder)
         alpha = float(mixing_ratio)
         img = _invert(image_model, image_conditioning, samples, lad, "image") if alpha > 0 else None

@@ -107,6 +107,8 @@ FAMILY_LOADERS = {
     "cogvideox_bridge": ("a FrameBridge-CogVideoX transformer", "'Load FrameBridge'"),
     "modelscope_unet3d": ("a ModelScope / ZeroScope video UNet (BIVDiff)",
                           "'Load BIVDiff Video Model' (from models/diffusion_models)"),
+    "vidrd_unet3d": ("a VidRD video UNet (BIVDiff's ModelT2V.pth)",
+                     "'Load BIVDiff Video Model' (from models/diffusion_models)"),
 }
 
 

@@ -279,7 +279,8 @@ def test_pickles_without_state_dict(tmp_path):
 
 
 def test_a_new_family_is_one_more_entry_in_the_explicit_list(monkeypatch):
-    assert [d.name for d in families.FAMILIES] == ["latte", "videocrafter", "modelscope_unet3d", "cogvideox"]
+    assert [d.name for d in families.FAMILIES] == ["latte", "videocrafter", "modelscope_unet3d", "vidrd_unet3d",
+                                                  "cogvideox"]
 
     def detect(sd, meta):
         if "dummy.weight" in sd:

@@ -162,7 +162,7 @@ def test_nodes_never_import_training_evaluation_or_test_helpers():
     assert any(dst.startswith("framebridge_core.") for targets in NODES.values() for dst in targets)
 
 
-@pytest.mark.parametrize("family", ["latte", "videocrafter", "modelscope", "cogvideox"])
+@pytest.mark.parametrize("family", ["latte", "videocrafter", "modelscope", "vidrd", "cogvideox"])
 def test_family_folders_stay_reachable_as_packages(family):
     """``import framebridge_core.families.<family>.<module> as m`` needs the attribute to stay the package."""
     import importlib

@@ -21,13 +21,15 @@ from .cogvideox.checkpoint import DETECTOR as COGVIDEOX
 from .latte.checkpoint import DETECTOR as LATTE
 from .modelscope.checkpoint import DETECTOR as MODELSCOPE
 from .videocrafter.checkpoint import DETECTOR as VIDEOCRAFTER
+from .vidrd.checkpoint import DETECTOR as VIDRD
 
 #: Every family the pack loads, in detection order (the first detector that accepts a state dict wins).
-FAMILIES: tuple[FamilyDetector, ...] = (LATTE, VIDEOCRAFTER, MODELSCOPE, COGVIDEOX)
+FAMILIES: tuple[FamilyDetector, ...] = (LATTE, VIDEOCRAFTER, MODELSCOPE, VIDRD, COGVIDEOX)
 
 
 def family(name: str) -> FamilyDetector:
-    """The detector named ``name`` (``"latte"``, ``"videocrafter"``, ``"modelscope_unet3d"``, ``"cogvideox"``)."""
+    """The detector named ``name`` (``"latte"``, ``"videocrafter"``, ``"modelscope_unet3d"``, ``"vidrd_unet3d"``,
+    ``"cogvideox"``)."""
     for d in FAMILIES:
         if d.name == name:
             return d

@@ -477,7 +477,7 @@ CASES = [
     (one_frame, "BIV_MixedInversion", "ShapeError", ["1 frame", "at least 2 frames"]),
     (clip_too_short, "BIV_SelectFrames", "ShapeError", ["has 9 frames", "need at least 29", "lower frames to 3"]),
     (latte_file_as_video_model, "BIV_LoadVideoModel", "CheckpointError",
-     ["latte_copy.safetensors", "a FrameBridge-Latte bridge model", "loads ModelScope / ZeroScope video UNets",
+     ["latte_copy.safetensors", "a FrameBridge-Latte bridge model", "loads ModelScope / ZeroScope and VidRD video UNets",
       "Load this file with 'Load FrameBridge'"]),
 ]
 
