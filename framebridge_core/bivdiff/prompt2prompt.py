@@ -235,6 +235,17 @@ def equalizer(positions: Sequence[int], strengths: Sequence[float] | float, max_
     return eq
 
 
+def step_index(sample_sigmas: torch.Tensor, sigma) -> int:
+    """The sampler step ``i`` whose interval ``[sigmas[i+1], sigmas[i]]`` holds ``sigma`` (the first one when a
+    batch carries several), so that the intermediate evaluations of higher-order samplers count as their
+    step; the official step counter is the number of UNet calls so far."""
+    sig = torch.as_tensor(sample_sigmas, dtype=torch.float64).reshape(-1).cpu()
+    s = float(torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)[0])
+    n = max(sig.shape[0] - 1, 1)
+    i = int((sig[:-1] >= s * (1 - 1e-4)).sum().item()) - 1
+    return min(max(i, 0), n - 1)
+
+
 # ----------------------------------------------------------------------------------------------- editor
 
 

@@ -25,6 +25,7 @@ from framebridge_core.bivdiff.prompt2prompt import (
     refinement_mapper,
     replacement_mapper,
     self_replace_window,
+    step_index,
     word_selector,
 )
 from framebridge_core.errors import ConfigError, ShapeError
@@ -229,3 +230,10 @@ def test_bad_options_are_typed_errors():
         edit_attention(plan, torch.rand(6, 4, 77), 2, True, 0)
     with pytest.raises(ShapeError, match=r"154 context tokens"):
         edit_attention(plan, torch.rand(4, 4, 154), 2, True, 0)
+
+
+def test_step_index_from_sigmas():
+    sigmas = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.0])
+    assert [step_index(sigmas, s) for s in (14.6, 7.0, 3.0, 1.0)] == [0, 1, 2, 3]
+    assert step_index(sigmas, torch.tensor([5.0, 5.0])) == 1  # between steps: a second-order sampler's midpoint
+    assert step_index(sigmas, 14.6 * (1 - 1e-6)) == 0 and step_index(sigmas, 20.0) == 0
