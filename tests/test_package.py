@@ -2,7 +2,9 @@
 
 import importlib.util
 import inspect
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,8 +67,36 @@ def test_no_hard_torch_requirement():
     assert set(reqs) == set(deps)
 
 
-def test_ci_installs_the_cpu_torch_build_only():
-    script = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    installs = re.findall(r"pip install[^\n]*", script)
-    assert any("torch==2.13.0" in line for line in installs)
-    assert not any(re.search(r"\btorch\b(?!==)", line.replace("torch==2.13.0", "")) for line in installs)
+STUB_PYTHON = """#!/usr/bin/env bash
+# a venv's python that logs its arguments; "import torch" works once torch was pip-installed
+echo "$*" >> "$(dirname "$0")/calls.log"
+if [ "$1" = "-c" ]; then grep -q "install.*torch==" "$(dirname "$0")/calls.log"; exit $?; fi
+exit 0
+"""
+
+
+def _setup_venv_calls(tmp_path, **env) -> list[str]:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    stub = venv / "bin" / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEBRIDGE_TORCH")}
+    run_env.update(env)
+    subprocess.run(["bash", str(ROOT / ".ci" / "setup_venv.sh"), str(venv), "test"], cwd=ROOT, env=run_env,
+                   check=True, capture_output=True, text=True)
+    return (venv / "bin" / "calls.log").read_text().splitlines()
+
+
+def test_ci_and_demo_set_up_torch_through_one_script_that_never_installs_a_bare_torch(tmp_path):
+    for script in (ROOT / ".ci" / "run", ROOT / "demo.sh"):
+        text = script.read_text(encoding="utf-8")
+        assert ".ci/setup_venv.sh" in text and not re.findall(r"pip install[^\n]*torch", text), script.name
+    installs = [c for c in _setup_venv_calls(tmp_path) if "pip install" in c]
+    assert installs[0].endswith("torch==2.13.0") and "--index-url" not in installs[0]
+    assert installs[1].endswith("-e .[test]")
+    cpu = "https://download.pytorch.org/whl/cpu"
+    (tmp_path / "b").mkdir()
+    installs = [c for c in _setup_venv_calls(tmp_path / "b", FRAMEBRIDGE_TORCH_INDEX=cpu,
+                                             FRAMEBRIDGE_TORCH_VERSION="2.12.1") if "pip install" in c]
+    assert installs[0].endswith(f"torch==2.12.1 --index-url {cpu}")

@@ -229,3 +229,17 @@ def test_workflows_readme_lists_every_workflow():
     for p in UI_FILES + API_FILES:
         assert p.name in text, f"workflows/README.md does not mention {p.name}"
     assert "COMFYUI_PATH" in text and "tests/host" in text
+
+
+def test_every_ui_workflow_has_its_picture_shown_in_the_readme():
+    """workflows/img/<name>.png, drawn by the real frontend (.ci/render_workflow_images.py)."""
+    from PIL import Image
+
+    text = (WORKFLOWS / "README.md").read_text(encoding="utf-8")
+    for p in UI_FILES:
+        picture = WORKFLOWS / "img" / f"{p.stem}.png"
+        assert picture.is_file(), f"no {picture.relative_to(ROOT)}: run .ci/render_workflow_images.py --only {p.stem}"
+        with Image.open(picture) as im:
+            assert im.width >= 600 and im.height >= 200, (picture.name, im.size)
+        assert f"(img/{p.stem}.png)" in text, f"workflows/README.md does not show img/{p.stem}.png"
+    assert {q.stem for q in (WORKFLOWS / "img").glob("*.png")} == {p.stem for p in UI_FILES}

@@ -168,6 +168,34 @@ def test_the_frontend_turns_the_ui_workflow_into_its_api_twin(page, path):
         "\n".join(diffs)
 
 
+OVERLAPS = """async (wf) => {
+    await window.app.loadGraphData(wf, true, true, null,
+                                   {showMissingNodesDialog: false, showMissingModelsDialog: false});
+    window.app.canvas.draw(true, true);
+    await new Promise((done) => setTimeout(done, 300));   // text boxes take their size on the first frames
+    const boxes = window.app.graph.nodes.map((n) => {
+        const b = new Float32Array(4);
+        n.getBounding(b);
+        return [n.title || n.type, b[0], b[1], b[2], b[3]];
+    });
+    const pairs = [];
+    for (let i = 0; i < boxes.length; i++)
+        for (let j = i + 1; j < boxes.length; j++) {
+            const [ta, ax, ay, aw, ah] = boxes[i], [tb, bx, by, bw, bh] = boxes[j];
+            if (ax < bx + bw && bx < ax + aw && ay < by + bh && by < ay + ah) pairs.push(`${ta} / ${tb}`);
+        }
+    return pairs;
+}"""
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_no_two_nodes_overlap_as_the_frontend_draws_them(page, path):
+    """Node boxes as the frontend sizes them (a long title or a text box makes a node wider or taller
+    than the size stored in the file): a workflow whose nodes hide each other looks broken."""
+    wf = json.loads(path.read_text(encoding="utf-8"))
+    assert page.evaluate(OVERLAPS, wf) == [], f"{path.name}: move or shorten these nodes"
+
+
 LOAD_FOR_QUEUE = """async (wf) => {
     await window.app.loadGraphData(wf, true, true, null,
                                    {showMissingNodesDialog: false, showMissingModelsDialog: false});

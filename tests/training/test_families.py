@@ -99,13 +99,7 @@ def _args(family, init, extra, data, out, batch):
             "--device", "cpu", "--threads", "1", "--export-dtype", "fp32", *extra]
 
 
-@pytest.mark.parametrize("family", [
-    # open bug: the VideoCrafter run on 2 processes ends up to 0.21 away from the same global batch on
-    # 1 process (CogVideoX and the tiny models agree); the export and loading part of this test passes
-    pytest.param("videocrafter", marks=pytest.mark.xfail(strict=True, reason="2-process VideoCrafter SAF does "
-                 "not yet equal 1 process on the same global batch")),
-    "cogvideox",
-])
+@pytest.mark.parametrize("family", ["videocrafter", "cogvideox"])
 def test_saf_finetune_under_torchrun_exports_a_file_the_loader_reads(tmp_path, family):
     init, source, extra, data = _setup(tmp_path, family)
     out2 = tmp_path / "two"
@@ -145,11 +139,16 @@ def test_saf_finetune_under_torchrun_exports_a_file_the_loader_reads(tmp_path, f
                       family_config=extra[1] if extra else "")
     train(one)
     single = torch.load(out1 / "state.pt", weights_only=True)
-    # 1e-4, not 1e-6: some tensors have an exact gradient of 0 (the key-norm bias of CogVideoX: softmax is
-    # shift-invariant), so what they get is rounding noise (~1e-10) whose sign depends on the summation
-    # order of 1 vs 2 processes, and Adam turns it into an update of up to lr·|g|/eps ~ 1e-5 per step
-    worst = max(float((v - state["model"][k]).abs().max()) for k, v in single["model"].items())
-    assert worst <= 1e-4
+    # Not 1e-6 everywhere: some tensors get a gradient that is only rounding noise (~1e-10), whose sign
+    # depends on the summation order of 1 vs 2 processes, and Adam turns it into an update of up to
+    # lr·|g|/eps per step. Examples: the key-norm bias of CogVideoX (softmax is shift-invariant), the
+    # biases of VideoCrafter convolutions followed by a GroupNorm of one channel per group (32 groups of
+    # the tiny config's 32 channels remove any per-channel shift), the image-attention keys behind a zero
+    # gate. Measured: VideoCrafter worst 9.8e-5, median 2.7e-7 over 500 tensors. A wrong shard or data
+    # order moves almost every tensor by ~lr (Adam's first step is lr·sign(g)), which the median catches.
+    diffs = sorted(float((v - state["model"][k]).abs().max()) for k, v in single["model"].items())
+    assert diffs[len(diffs) // 2] <= 1e-6
+    assert diffs[-1] <= 3e-4
     assert [l[1] for l in single["log"]] == pytest.approx([l[1] for l in state["log"]], rel=1e-5)
 
 
