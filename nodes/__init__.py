@@ -9,12 +9,13 @@ def node_classes() -> list:
     from .conditioning import CameraMotion, CogVideoXTextEncode, FrameStride, UCF101Class
     from .loaders import LoadCogVideoXVAE, LoadFrameBridge, LoadFrameBridgeCheckpoint, LoadNeuralPrior
     from .prior import BridgePriorFromImage, NeuralPrior
+    from .prompt2prompt import NODES as P2P_NODES
     from .sampler import BridgeSamplerNode, BridgeSamplerSelect, BridgeScheduleNode
     from .extend_video import ExtendVideo
 
     return [LoadFrameBridge, LoadNeuralPrior, UCF101Class, CameraMotion, BridgePriorFromImage, NeuralPrior,
             BridgeSamplerNode, BridgeSamplerSelect, BridgeScheduleNode, *BIVDIFF_NODES, LoadFrameBridgeCheckpoint,
-            FrameStride, LoadCogVideoXVAE, CogVideoXTextEncode, ExtendVideo]
+            FrameStride, LoadCogVideoXVAE, CogVideoXTextEncode, ExtendVideo, *P2P_NODES]
 
 
 def create_extension():

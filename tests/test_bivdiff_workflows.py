@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-API = sorted((ROOT / "workflows" / "api").glob("BIVDiff-*.json"))
+#: Prompt2Prompt runs two inversions and two samplers: tests/test_prompt2prompt_workflow.py checks it
+P2P = "BIVDiff-ZeroScope-Prompt2Prompt-Edit.json"
+API = sorted(p for p in (ROOT / "workflows" / "api").glob("BIVDiff-*.json") if p.name != P2P)
 POS = " ,best quality, extremely detailed, HD, ultra-realistic, 8K, HQ, masterpiece, trending on artstation, art, smooth"
 NEG_START = "longbody, lowres, bad anatomy"
 #: per workflow: BIVDiff's mixing ratio and its positive suffix / negative prompt for that image model

@@ -37,6 +37,9 @@ OUR_WIDGETS: dict[str, tuple] = {
     "FB_LoadCogVideoXVAE": ("vae_name", "tiled", "dtype"),
     "FB_CogVideoXTextEncode": ("text", "tokens"),
     "FB_ExtendVideo": ("frames", "overlap", "seed", CONTROL, "steps", "spacing", "cfg", "method", "eta"),
+    "FB_Prompt2Prompt": ("source_prompt", "target_prompt", "mode", "cross_replace_steps", "self_replace_steps",
+                         "blend_source_words", "blend_target_words", "reweight_words", "reweight_strength"),
+    "FB_Prompt2PromptSplit": (),
 }
 
 #: Nodes that exist only in the frontend; they have no API-format counterpart.

@@ -65,7 +65,7 @@ COMFY_MODULES = ("torch", "torchvision", "torchsde", "numpy", "PIL", "safetensor
 FB_NODES = ("FB_LoadFrameBridge", "FB_LoadNeuralPrior", "FB_UCF101Class", "FB_CameraMotion", "FB_BridgePriorFromImage",
             "FB_NeuralPrior", "FB_BridgeSampler", "FB_BridgeSamplerSelect", "FB_BridgeSchedule",
             "FB_LoadFrameBridgeCheckpoint", "FB_FrameStride", "FB_LoadCogVideoXVAE", "FB_CogVideoXTextEncode",
-            "FB_ExtendVideo")
+            "FB_ExtendVideo", "FB_Prompt2Prompt", "FB_Prompt2PromptSplit")
 
 # Stand-in files. Names match what the shipped workflows load, so the API twins run unchanged.
 BRIDGE4 = "framebridge_latte_ucf101.pt"          # 4-channel bridge model (no neural prior)

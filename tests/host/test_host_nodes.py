@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 FB_NODES = ("FB_LoadFrameBridge", "FB_LoadNeuralPrior", "FB_UCF101Class", "FB_CameraMotion", "FB_BridgePriorFromImage",
             "FB_NeuralPrior", "FB_BridgeSampler", "FB_BridgeSamplerSelect", "FB_BridgeSchedule",
             "FB_LoadFrameBridgeCheckpoint", "FB_FrameStride", "FB_LoadCogVideoXVAE", "FB_CogVideoXTextEncode",
-            "FB_ExtendVideo")
+            "FB_ExtendVideo", "FB_Prompt2Prompt", "FB_Prompt2PromptSplit")
 
 
 def test_all_framebridge_nodes_are_registered_under_framebridge(host):
