@@ -96,7 +96,9 @@ def test_sincos_table_is_diffusers_layout(cases):
     ref = cases["sincos.d32_f2_h3_w5"]  # diffusers get_3d_sincos_pos_embed(32, (5, 3), 2, 1.875, 1.0)
     tab = sincos_pos_embed_3d(32, frames=2, height=3, width=5)
     assert tab.dtype == torch.float64 and tab.shape == (30, 32)
-    assert torch.equal(tab, ref)
+    # float64 sin/cos may differ by one ulp from diffusers' numpy on some CPUs (the vectorised libm
+    # path differs: measured 1.1e-16 on 16 of 960 entries on one machine, 0 on another)
+    assert (tab - ref).abs().max().item() <= 2.3e-16
     # D/4 = 8 temporal channels, then 12 for the column (w) and 12 for the row (h)
     def tok(f, r, c):  # row of (frame, patch row, patch column) in a 2x3x5 grid
         return (f * 3 + r) * 5 + c
