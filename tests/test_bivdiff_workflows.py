@@ -23,6 +23,7 @@ EXPECTED = {
     "BIVDiff-ZeroScope-InstructPix2Pix-Edit.json": (1.0, POS, NEG_START),  # InstructPix2Pix/infer.py: POS / NEG
     "BIVDiff-ZeroScope-T2IAdapter-Canny.json": (1.0, "", ""),  # T2IAdapter/infer.py: "" and ""
     "BIVDiff-ZeroScope-ControlNet-Depth.json": (1.0, POS, NEG_START),
+    "BIVDiff-VidRD-ControlNet-Depth.json": (1.0, POS, NEG_START),
 }
 #: per workflow: the stage-one nodes (image model, conditioning and sampler), all ComfyUI core
 STAGE_ONE = {
@@ -37,6 +38,8 @@ STAGE_ONE = {
                                                 "EmptyLatentImage", "KSampler"},
     "BIVDiff-ZeroScope-ControlNet-Depth.json": {"BIV_DepthFrames", "ControlNetLoader", "ControlNetApplyAdvanced",
                                                 "EmptyLatentImage", "KSampler"},
+    "BIVDiff-VidRD-ControlNet-Depth.json": {"BIV_DepthFrames", "ControlNetLoader", "ControlNetApplyAdvanced",
+                                            "EmptyLatentImage", "KSampler"},
 }
 #: per workflow: the image model of stage one (the inversion always uses plain SD-1.5)
 IMAGE_MODEL = {
@@ -46,6 +49,7 @@ IMAGE_MODEL = {
     "BIVDiff-ZeroScope-InstructPix2Pix-Edit.json": "instruct-pix2pix-00-22000.safetensors",
     "BIVDiff-ZeroScope-T2IAdapter-Canny.json": "v1-5-pruned-emaonly.safetensors",
     "BIVDiff-ZeroScope-ControlNet-Depth.json": "v1-5-pruned-emaonly.safetensors",
+    "BIVDiff-VidRD-ControlNet-Depth.json": "v1-5-pruned-emaonly.safetensors",
 }
 STAGE_ONE_SAMPLERS = ("KSampler", "SamplerCustomAdvanced")
 
@@ -55,7 +59,7 @@ def by_type(prompt, class_type):
 
 
 def test_there_are_bivdiff_workflows_with_ui_twins():
-    assert [p.name for p in API] == ["BIVDiff-ZeroScope-ControlNet-Canny.json", "BIVDiff-ZeroScope-ControlNet-Depth.json",
+    assert [p.name for p in API] == ["BIVDiff-VidRD-ControlNet-Depth.json", "BIVDiff-ZeroScope-ControlNet-Canny.json", "BIVDiff-ZeroScope-ControlNet-Depth.json",
                                      "BIVDiff-ZeroScope-Inpainting.json", "BIVDiff-ZeroScope-InstructPix2Pix-Edit.json",
                                      "BIVDiff-ZeroScope-Outpainting.json", "BIVDiff-ZeroScope-Smooth-Frames.json",
                                      "BIVDiff-ZeroScope-T2IAdapter-Canny.json"]

@@ -18,6 +18,7 @@ import pytest
 
 from test_host_bivdiff import FRAMES, FULL, NAME, PIXELS, STEPS, VIDEO_CFG, _random_like, biv, prepare, run_ok, \
     stub_conditioning  # noqa: F401  (biv: the stand-ins' fixture)
+from test_host_bivdiff_control import control  # noqa: F401  (the depth video and ControlNet stand-ins)
 
 pytestmark = pytest.mark.host
 
@@ -153,3 +154,19 @@ def test_modelt2v_in_load_framebridge_names_its_loader(host, vidrd):
         assert type(caught.value).__name__ == "CheckpointError"
     finally:
         (folder / VIDRD_FILE).unlink()
+
+
+def test_the_vidrd_depth_workflow_runs_as_shipped(host, vidrd, control):  # noqa: F811
+    """workflows/BIVDiff-VidRD-ControlNet-Depth.json (BIVDiff's controlnet-and-vidrd config): its twin names
+    ModelT2V.pth, and the three stages run with the VidRD stand-in and the depth video."""
+    torch = pytest.importorskip("torch")
+    prompt = prepare(host, name="BIVDiff-VidRD-ControlNet-Depth")
+    assert prompt[host.node_id(prompt, "BIV_LoadVideoModel")]["inputs"]["unet_name"] == VIDRD_FILE
+    run = run_ok(host, prompt)
+    assert type(run.output(host.node_id(prompt, "BIV_LoadVideoModel"), 0).model).__name__ == "VidRDVideoModel"
+    depth = run.output(host.node_id(prompt, "BIV_DepthFrames"), 0)
+    assert tuple(depth.shape) == (FRAMES, PIXELS, PIXELS, 3) and float(depth.max()) == 1.0
+    smoothed = run.output(host.node_id(prompt, "KSamplerAdvanced"), 0)["samples"]
+    frame_wise = run.output(host.node_id(prompt, "KSampler"), 0)["samples"]
+    assert tuple(smoothed.shape) == (FRAMES, 4, PIXELS // 8, PIXELS // 8) and torch.isfinite(smoothed).all()
+    assert not torch.allclose(smoothed, frame_wise, atol=1e-3)  # the video model changed the frame-wise result
