@@ -23,9 +23,10 @@ PRESETS: dict[str, dict[str, int]] = {
     # (docs/notes/tiny-model.md, "Patch grid")
     # hidden >= patch² x 3 = 192: the per-token identity (the skip of the noise) must fit through
     # the patch embedding, or the bridge cannot remove pixel noise (docs/notes/tiny-model.md)
-    "tiny": dict(size=64, frames=16, patch=8, hidden=192, depth=6, heads=6, head=32, head_features=8),
+    # overlap = the overlap-add unpatchify in front of the conv head (LatteConfig.head_overlap)
+    "tiny": dict(size=64, frames=16, patch=8, hidden=192, depth=6, heads=6, head=32, head_features=8, overlap=1),
     # the bundled neural prior (a one-pass regression to smooth targets has no such need)
-    "tiny-np": dict(size=64, frames=16, patch=8, hidden=160, depth=8, heads=5, head=32, head_features=8),
+    "tiny-np": dict(size=64, frames=16, patch=8, hidden=160, depth=8, heads=5, head=32, head_features=8, overlap=1),
     "bench": dict(size=32, frames=8, patch=4, hidden=128, depth=6, heads=4, head=32, head_features=8),
     "smoke": dict(size=16, frames=4, patch=4, hidden=32, depth=2, heads=2, head=8, head_features=4),
 }
@@ -41,15 +42,17 @@ TIMESTEP = {"bridge": "bridge_index", "bridge-np": "bridge_index", "diffusion": 
 
 def network_config(kind: str, preset: str, num_classes: int, output: str = "eps_psi", *,
                    head_width: Optional[int] = None, head_features: Optional[int] = None,
-                   keep_first_frame: bool = True) -> LatteConfig:
+                   head_overlap: Optional[bool] = None, keep_first_frame: bool = True) -> LatteConfig:
     """The network of variant ``kind`` at ``preset`` size; ``head_width`` / ``head_features`` override
-    the preset's conv head (0 = the official linear unpatchify)."""
+    the preset's conv head (0 = the official linear unpatchify), ``head_overlap`` its overlap-add unpatchify."""
     p = PRESETS[preset]
     width = p["head"] if head_width is None else head_width
     feats = (p["head_features"] if head_features is None else head_features) if width else 0
+    overlap = bool(p.get("overlap", 0)) if head_overlap is None else bool(head_overlap)
     common = dict(input_size=p["size"], patch_size=p["patch"], hidden_size=p["hidden"], depth=p["depth"],
                   num_heads=p["heads"], num_frames=p["frames"], num_classes=num_classes, out_channels=3,
-                  head_width=width, head_features=feats, keep_first_frame=keep_first_frame)
+                  head_width=width, head_features=feats, head_overlap=overlap,
+                  keep_first_frame=keep_first_frame)
     if kind == "neural-prior":
         return LatteConfig(in_channels=3, condition_type=None, has_timestep=False, **common)
     out = output if kind in ("bridge", "bridge-np") else "eps_psi"

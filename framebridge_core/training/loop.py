@@ -110,9 +110,13 @@ def add_conv_head(state: dict[str, torch.Tensor], net: torch.nn.Module) -> dict[
 
     The final layer gets zero rows for the head's feature channels (patch layout ``(p, q, c)``, c
     fastest) and the head keeps ``net``'s fresh initialisation, whose last convolution is zero: the
-    network computes exactly the linear-head model until training moves it.
+    network computes exactly the linear-head model until training moves it. A network with the
+    overlap-add unpatchify (``head_overlap``) gets it at zero, which also leaves the function unchanged.
     """
     cfg = net.config
+    if cfg.head_overlap and "final_layer.overlap.weight" not in state:  # the overlap-add unpatchify starts at zero
+        state = dict(state)
+        state["final_layer.overlap.weight"] = torch.zeros_like(net.state_dict()["final_layer.overlap.weight"])
     if cfg.head_width == 0 or any(k.startswith("head.") for k in state):
         return state
     p, old_c, new_c = cfg.patch_size, cfg.out_channels, cfg.final_channels

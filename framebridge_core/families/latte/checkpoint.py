@@ -121,6 +121,7 @@ def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -
     * ``final_layer.linear.weight [p*p*C_out, D]`` -> output channels; ``C_out == 2*C_in`` means
       ``learn_sigma``; ``C_in == 2*C_out`` is the neural-prior channel concat (8 -> 4).
     * ``head.layers.{0,4}.weight`` (the tiny models' conv head) -> head width and output channels;
+      ``final_layer.overlap.weight`` -> the overlap-add unpatchify (``head_overlap``);
       metadata ``framebridge.keep_first_frame = "true"`` -> frame 0 is kept by the samplers.
     * depth = number of ``blocks.N``; mlp ratio from ``blocks.0.mlp.fc1.weight``.
     * the head count: :func:`_latte_num_heads`.
@@ -159,6 +160,7 @@ def _detect_latte(sd: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -
                           learn_sigma=out_ch == 2 * in_ch, frequency_embedding_size=freq,
                           output=_latte_output(metadata) if has_t else "eps_psi",
                           head_width=head_width, head_features=head_features,
+                          head_overlap="final_layer.overlap.weight" in sd,
                           keep_first_frame=metadata.get(META_KEEP_FIRST_FRAME, "") == "true")
     except Exception as e:  # ConfigError from impossible combinations
         raise CheckpointError(f"Latte checkpoint with an impossible configuration: {e}") from e

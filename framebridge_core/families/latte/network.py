@@ -74,6 +74,11 @@ class LatteConfig:
             Neighbouring patches then see each other at pixel level, which removes the patch grid
             that a linear unpatchify leaves (docs/notes/tiny-model.md measures it).
         head_features: feature channels the final layer adds for the conv head.
+        head_overlap: an overlap-add unpatchify next to the linear one (the project's tiny models):
+            a transposed convolution (kernel 2p, stride p, no bias, ``final_layer.overlap``) lets
+            every token also paint the 2p × 2p window around its patch, added to the linear
+            unpatchify before the conv head. It starts at zero, so a file without it warm-starts
+            exactly; it removes the patch seams the conv head leaves (docs/notes/tiny-model.md).
         keep_first_frame: the samplers replace the x̂0 of video frame 0 by the condition frame at
             every step, so frame 0 of the result is the input image (the project's tiny models).
     """
@@ -96,6 +101,7 @@ class LatteConfig:
     output: str = "eps_psi"
     head_width: int = 0
     head_features: int = 0
+    head_overlap: bool = False
     keep_first_frame: bool = False
 
     def __post_init__(self) -> None:
@@ -126,6 +132,9 @@ class LatteConfig:
             need(isinstance(value, int) and value >= 0, f"{name}={value!r} must be an integer >= 0")
         need(self.head_width > 0 or self.head_features == 0,
              f"head_features={self.head_features} needs a conv head (head_width > 0)")
+        need(isinstance(self.head_overlap, bool), f"head_overlap={self.head_overlap!r} must be True or False")
+        need(not self.head_overlap or self.patch_size % 2 == 0,
+             f"head_overlap=True needs an even patch_size (the 2p window is centred), got {self.patch_size}")
         need(not self.learn_sigma or self.out_channels % 2 == 0,
              f"learn_sigma=True needs an even out_channels, got {self.out_channels}")
 
@@ -329,17 +338,31 @@ class TransformerBlock(nn.Module):
 
 class FinalLayer(nn.Module):
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int, *, operations,
-                 device=None, dtype=None):
+                 device=None, dtype=None, overlap: bool = False):
         super().__init__()
         kw = dict(device=device, dtype=dtype)
         self.norm_final = operations.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6, **kw)
         self.linear = operations.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True, **kw)
         self.adaLN_modulation = nn.Sequential(
             nn.SiLU(), operations.Linear(hidden_size, 2 * hidden_size, bias=True, **kw))
+        # overlap-add unpatchify: token (i, j) paints pixels [i*p - p/2, i*p + 3p/2) (kernel 2p, stride p)
+        conv_t = getattr(operations, "ConvTranspose2d", nn.ConvTranspose2d)
+        self.overlap = (conv_t(hidden_size, out_channels, 2 * patch_size, stride=patch_size,
+                                           padding=patch_size // 2, bias=False, **kw) if overlap else None)
+
+    def modulated(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c)[:, None, None, :].chunk(2, dim=-1)
+        return _modulate(self.norm_final(x), shift, scale)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c)[:, None, None, :].chunk(2, dim=-1)
-        return self.linear(_modulate(self.norm_final(x), shift, scale))
+        return self.linear(self.modulated(x, c))
+
+    def paint(self, m: torch.Tensor, grid: int) -> torch.Tensor:
+        """The overlap-add part: modulated tokens ``[B, F, N, D]`` -> ``[B, F, C, S, S]``."""
+        B, Fr, N, D = m.shape
+        img = m.reshape(B * Fr, grid, grid, D).permute(0, 3, 1, 2)
+        out = self.overlap(img.to(self.overlap.weight.dtype))
+        return out.reshape(B, Fr, *out.shape[1:]).to(m.dtype)
 
 
 class ConvHead(nn.Module):
@@ -455,7 +478,8 @@ class LatteModel(nn.Module):
                              attention=attention, **kw)
             for _ in range(config.depth)
         ])
-        self.final_layer = FinalLayer(D, config.patch_size, config.final_channels, operations=ops, **kw)
+        self.final_layer = FinalLayer(D, config.patch_size, config.final_channels, operations=ops, **kw,
+                                      overlap=config.head_overlap)
         self.head = None
         if config.head_width:
             self.head = ConvHead(config.final_channels + config.in_channels, config.head_width,
@@ -507,6 +531,8 @@ class LatteModel(nn.Module):
         self.final_layer.adaLN_modulation[-1].bias.zero_()
         self.final_layer.linear.weight.zero_()
         self.final_layer.linear.bias.zero_()
+        if self.final_layer.overlap is not None:
+            self.final_layer.overlap.weight.zero_()
         if self.head is not None:  # PyTorch's default init for the convolutions, the last one at zero
             for conv in self.head.layers[:-1]:
                 if isinstance(conv, nn.Conv2d):
@@ -579,8 +605,11 @@ class LatteModel(nn.Module):
                 h = h + self.temp_embed.to(dtype)
             h = self.blocks[i + 1](h, c)                                    # temporal: over F
             h = h.transpose(1, 2)                                           # [B, F, N, D]
-        h = self.final_layer(h, c)                                          # [B, F, N, p*p*C]
-        out = self.unpatchify(h)
+        fl = self.final_layer
+        m = fl.modulated(h, c)
+        out = self.unpatchify(fl.linear(m))                                 # [B, F, C, S, S]
+        if fl.overlap is not None:
+            out = out + fl.paint(m, cfg.grid_size)
         if self.head is not None:
             feats = torch.cat([out, x.to(out.dtype)], dim=2).reshape(B * Fr, -1, H, W)
             out = out[:, :, : cfg.out_channels] + self.head(feats).reshape(B, Fr, cfg.out_channels, H, W)
