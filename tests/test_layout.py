@@ -28,7 +28,7 @@ LAYERS = (
 )
 LAYER_OF = {top: n for n, tops in enumerate(LAYERS) for top in tops}
 #: family folders may share only these modules of ``families/``
-FAMILY_SHARED = {"families", "families.layers", "families.frames"}
+FAMILY_SHARED = {"families", "families.layers", "families.frames", "families.video_unet_parts"}
 NODES_MAY_NOT_IMPORT = ("framebridge_core.training", "framebridge_core.evaluation", "framebridge_core.testing",
                         "framebridge_core.cli")
 

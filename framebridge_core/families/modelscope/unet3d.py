@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ...configs import config_from_dict
 from ...errors import ConfigError, ShapeError
 from ..layers import AttentionFn, default_attention, timestep_embedding
+from ..video_unet_parts import GEGLU, Attention, Downsample, FeedForward, TimestepEmbedding, _Layers  # noqa: F401
 
 #: diffusers block names of the (only) layout ModelScope / ZeroScope checkpoints use.
 CROSS_DOWN, PLAIN_DOWN, CROSS_UP, PLAIN_UP = ("CrossAttnDownBlock3D", "DownBlock3D", "CrossAttnUpBlock3D",
@@ -117,75 +118,6 @@ class ModelScopeUNet3DConfig:
                    block_out_channels=boc, layers_per_block=config.get("layers_per_block", 2),
                    cross_attention_dim=config.get("cross_attention_dim", 1024), attention_head_dim=head,
                    norm_num_groups=config.get("norm_num_groups", 32), norm_eps=config.get("norm_eps", 1e-5))
-
-
-class _Layers:
-    """Layer constructors from an ``operations`` namespace with device/dtype bound."""
-
-    def __init__(self, operations=None, device=None, dtype=None):
-        self.ops = operations if operations is not None else nn
-        self.kw = {"device": device, "dtype": dtype}
-
-    def linear(self, i, o, bias=True):
-        return self.ops.Linear(i, o, bias=bias, **self.kw)
-
-    def conv2d(self, i, o, k, stride=1, padding=0):
-        return self.ops.Conv2d(i, o, k, stride=stride, padding=padding, **self.kw)
-
-    def conv3d(self, i, o, k, padding=0):
-        return self.ops.Conv3d(i, o, k, padding=padding, **self.kw)
-
-    def group_norm(self, groups, ch, eps):
-        return self.ops.GroupNorm(groups, ch, eps=eps, affine=True, **self.kw)
-
-    def layer_norm(self, dim, eps=1e-5):
-        return self.ops.LayerNorm(dim, eps=eps, elementwise_affine=True, **self.kw)
-
-
-class Attention(nn.Module):
-    """Multi-head attention; keys ``to_q/to_k/to_v`` (no bias) and ``to_out.0``."""
-
-    def __init__(self, L: _Layers, query_dim: int, heads: int, dim_head: int, context_dim: Optional[int] = None,
-                 attention: AttentionFn = default_attention):
-        super().__init__()
-        inner = heads * dim_head
-        self.heads = heads
-        self.attention = attention
-        self.to_q = L.linear(query_dim, inner, bias=False)
-        self.to_k = L.linear(context_dim or query_dim, inner, bias=False)
-        self.to_v = L.linear(context_dim or query_dim, inner, bias=False)
-        self.to_out = nn.ModuleList([L.linear(inner, query_dim)])
-
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        context = x if context is None else context
-        b, h = x.shape[0], self.heads
-        q, k, v = (t.reshape(b, t.shape[1], h, -1).transpose(1, 2)
-                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
-        out = self.attention(q, k, v).transpose(1, 2).reshape(b, x.shape[1], -1)
-        return self.to_out[0](out)
-
-
-class GEGLU(nn.Module):
-    def __init__(self, L: _Layers, dim_in: int, dim_out: int):
-        super().__init__()
-        self.proj = L.linear(dim_in, dim_out * 2)
-
-    def forward(self, x):
-        x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU MLP with keys ``net.0.proj`` and ``net.2`` (``net.1`` is a parameter-free dropout)."""
-
-    def __init__(self, L: _Layers, dim: int, mult: int = 4):
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(L, dim, dim * mult), nn.Identity(), L.linear(dim * mult, dim)])
-
-    def forward(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
 
 
 class TransformerBlock(nn.Module):
@@ -292,15 +224,6 @@ class ResnetBlock(nn.Module):
         return (self.conv_shortcut(x) if self.conv_shortcut is not None else x) + h
 
 
-class Downsample(nn.Module):
-    def __init__(self, L: _Layers, ch: int):
-        super().__init__()
-        self.conv = L.conv2d(ch, ch, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
 class Upsample(nn.Module):
     def __init__(self, L: _Layers, ch: int):
         super().__init__()
@@ -348,16 +271,6 @@ class MidBlock(nn.Module):
         x = self.temp_convs[0](self.resnets[0](x, temb), num_frames)
         x = self.temp_attentions[0](self.attentions[0](x, context), num_frames)
         return self.temp_convs[1](self.resnets[1](x, temb), num_frames)
-
-
-class TimestepEmbedding(nn.Module):
-    def __init__(self, L: _Layers, dim_in: int, dim: int):
-        super().__init__()
-        self.linear_1 = L.linear(dim_in, dim)
-        self.linear_2 = L.linear(dim, dim)
-
-    def forward(self, x):
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class ModelScopeUNet3D(nn.Module):
