@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ShapeError
-from .layers import AttentionFn, default_attention
+from .layers import AttentionFn, default_attention, timestep_embedding
 
 
 class _Layers:
@@ -100,6 +100,65 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, x):
         return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, L: _Layers, ch: int):
+        super().__init__()
+        self.conv = L.conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x, size):
+        # nearest x2, or to the skip's size when the input size is not a multiple of 2^levels (official)
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+def video_unet_inputs(net: nn.Module, x: torch.Tensor, timesteps, context: torch.Tensor, name: str,
+                      text_encoder: str):
+    """The checks and embeddings both 3-D UNets start with.
+
+    ``x [B, C, F, h, w]``, ``context [B, L, D]`` -> ``(frames [B*F, C, h, w], temb [B*F, E], ctx [B*F, L, D])``
+    in the network's dtype, every frame of a video with its video's timestep and text. ``name`` and
+    ``text_encoder`` (the encoder the model was trained with) go into the error messages."""
+    cfg = net.config
+    if x.ndim != 5 or x.shape[1] != cfg.in_channels:
+        raise ShapeError(f"{name} input must be [batch, {cfg.in_channels}, frames, h, w]; "
+                         f"got shape {tuple(x.shape)}.")
+    b, _, f, h, w = x.shape
+    if context.ndim != 3 or context.shape[-1] != cfg.cross_attention_dim:
+        raise ShapeError(
+            f"text context has shape {tuple(context.shape)}, but this video model cross-attends to "
+            f"{cfg.cross_attention_dim}-wide embeddings [batch, tokens, {cfg.cross_attention_dim}]: use the "
+            f"video model's own text encoder ({text_encoder}).")
+    if context.shape[0] != b:
+        raise ShapeError(f"text context batch {context.shape[0]} does not match the video batch {b}.")
+    t = torch.as_tensor(timesteps, device=x.device)
+    t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
+
+    dtype = net.dtype
+    temb = net.time_embedding(timestep_embedding(t, cfg.block_out_channels[0]).to(dtype))
+    frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, cfg.in_channels, h, w).to(dtype)
+    return frames, temb.repeat_interleave(f, dim=0), context.to(dtype).repeat_interleave(f, dim=0)
+
+
+def video_unet_levels(net: nn.Module, s: torch.Tensor, temb: torch.Tensor, ctx: torch.Tensor,
+                      num_frames: int) -> torch.Tensor:
+    """Down levels, middle block and up levels (skips joined by concatenation), as in diffusers'
+    ``UNet3DConditionModel``; ``s`` is the input convolution's output, ``[B*F, C, h, w]``."""
+    skips = [s]
+    for level in net.down_blocks:
+        for i in range(len(level.resnets)):
+            s = level.layer(i, s, temb, ctx, num_frames)
+            skips.append(s)
+        if hasattr(level, "downsamplers"):
+            s = level.downsamplers[0](s)
+            skips.append(s)
+    s = net.mid_block(s, temb, ctx, num_frames)
+    for level in net.up_blocks:
+        for i in range(len(level.resnets)):
+            s = level.layer(i, torch.cat([s, skips.pop()], dim=1), temb, ctx, num_frames)
+        if hasattr(level, "upsamplers"):
+            s = level.upsamplers[0](s, skips[-1].shape[-2:])
+    return s
 
 
 class VideoUNetFrames(nn.Module):

@@ -20,9 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...configs import config_from_dict
-from ...errors import ConfigError, ShapeError
-from ..layers import AttentionFn, default_attention, timestep_embedding
-from ..video_unet_parts import GEGLU, Attention, Downsample, FeedForward, TimestepEmbedding, _Layers  # noqa: F401
+from ...errors import ConfigError
+from ..layers import AttentionFn, default_attention
+from ..video_unet_parts import (GEGLU, Attention, Downsample, FeedForward, TimestepEmbedding,  # noqa: F401
+                                Upsample, _Layers, video_unet_inputs, video_unet_levels)
 
 #: diffusers block names of the (only) layout BIVDiff builds (``from_pretrained_2d`` forces it)
 CROSS_DOWN, PLAIN_DOWN, CROSS_UP, PLAIN_UP = ("CrossAttnDownBlock3D", "DownBlock3D", "CrossAttnUpBlock3D",
@@ -272,16 +273,6 @@ class ResnetBlock(nn.Module):
         return (self.conv_shortcut(x) if self.conv_shortcut is not None else x) + h
 
 
-class Upsample(nn.Module):
-    def __init__(self, L: _Layers, ch: int):
-        super().__init__()
-        self.conv = L.conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x, size):
-        # nearest x2, or to the skip's size when the input size is not a multiple of 2^levels (official)
-        return self.conv(F.interpolate(x, size=size, mode="nearest"))
-
-
 class Level(nn.Module):
     """One down or up level: ``resnets``, ``temp_convs`` and (optionally) ``attentions`` ModuleLists plus a
     resampler, named as in the official code. Each layer is ResNet -> temporal conv -> transformer."""
@@ -398,40 +389,10 @@ class VidRDUNet3D(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps, context: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        if x.ndim != 5 or x.shape[1] != cfg.in_channels:
-            raise ShapeError(f"VidRD UNet input must be [batch, {cfg.in_channels}, frames, h, w]; "
-                             f"got shape {tuple(x.shape)}.")
+        frames, temb, ctx = video_unet_inputs(self, x, timesteps, context, "VidRD UNet",
+                                              "OpenCLIP-H, as Stable Diffusion 2.1, for VidRD")
         b, _, f, h, w = x.shape
-        if context.ndim != 3 or context.shape[-1] != cfg.cross_attention_dim:
-            raise ShapeError(
-                f"text context has shape {tuple(context.shape)}, but this video model cross-attends to "
-                f"{cfg.cross_attention_dim}-wide embeddings [batch, tokens, {cfg.cross_attention_dim}]: use the "
-                f"video model's own text encoder (OpenCLIP-H, as Stable Diffusion 2.1, for VidRD).")
-        if context.shape[0] != b:
-            raise ShapeError(f"text context batch {context.shape[0]} does not match the video batch {b}.")
-        t = torch.as_tensor(timesteps, device=x.device)
-        t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(b)
-
-        dtype = self.dtype
-        temb = self.time_embedding(timestep_embedding(t, cfg.block_out_channels[0]).to(dtype))
-        temb = temb.repeat_interleave(f, dim=0)
-        ctx = context.to(dtype).repeat_interleave(f, dim=0)
-
-        s = self.conv_in(x.permute(0, 2, 1, 3, 4).reshape(b * f, cfg.in_channels, h, w).to(dtype))
-        skips = [s]
-        for level in self.down_blocks:
-            for i in range(len(level.resnets)):
-                s = level.layer(i, s, temb, ctx, f)
-                skips.append(s)
-            if hasattr(level, "downsamplers"):
-                s = level.downsamplers[0](s)
-                skips.append(s)
-        s = self.mid_block(s, temb, ctx, f)
-        for level in self.up_blocks:
-            for i in range(len(level.resnets)):
-                s = level.layer(i, torch.cat([s, skips.pop()], dim=1), temb, ctx, f)
-            if hasattr(level, "upsamplers"):
-                s = level.upsamplers[0](s, skips[-1].shape[-2:])
+        s = video_unet_levels(self, self.conv_in(frames), temb, ctx, f)
         s = self.conv_out(F.silu(video_norm(self.conv_norm_out, s, f)))
         return s.reshape(b, f, cfg.out_channels, h, w).permute(0, 2, 1, 3, 4)
 

@@ -111,7 +111,7 @@ def test_original_weights_match_modelscope_unetsd_forward_fp32_and_fp64(monkeypa
     original = _seeded_original(meta)
     for dtype, key, tol in ((torch.float32, "out_fp32", 2e-6), (torch.float64, "out_fp64", 1e-12)):
         if dtype == torch.float64:  # same time features as the reference, so only the weights' mapping is compared
-            monkeypatch.setattr("framebridge_core.families.modelscope.unet3d.timestep_embedding",
+            monkeypatch.setattr("framebridge_core.families.video_unet_parts.timestep_embedding",
                                 _modelscope_time_features)
         model = ModelScopeUNet3D(FIXTURE_CONFIG).eval().to(dtype)
         model.load_state_dict({k: v.to(dtype) for k, v in original_to_diffusers(original).items()}, strict=True)
