@@ -41,6 +41,7 @@ from ..errors import CheckpointError, ConfigError, ShapeError
 from ..families.latte.network import LatteConfig, latte_s2_bridge
 from ..tiny.format import PREDICTS, TIMESTEP
 from ..tiny.variants import Schedules
+from .networks import LatteNetworkTask
 
 LATTE_KINDS = ("bridge", "bridge-np", "neural-prior", "saf", "plain-finetune")
 META = "framebridge."
@@ -132,7 +133,7 @@ def _read_family_config(path: str) -> Optional[dict]:
         raise ConfigError(f"--family-config {path!r} is not valid JSON ({e}); fix the file.") from e
 
 
-class LatteTask:
+class LatteTask(LatteNetworkTask):
     """The FrameBridge-Latte networks on precomputed latents (module docstring); the task interface
     of :class:`framebridge_core.training.loop.TinyTask`."""
 
@@ -240,14 +241,6 @@ class LatteTask:
         return net.requires_grad_(False).eval()
 
     # -- the task interface ------------------------------------------------------------------------
-    def to(self, device: torch.device) -> None:
-        self.net.to(device)
-        if self.neural_prior is not None:
-            self.neural_prior.to(device)
-
-    def blocks(self) -> list:
-        return list(self.inner.blocks)
-
     def draw(self, n: int, data_gen: torch.Generator, noise_gen: torch.Generator):
         """Clips (rendered per shard) and the noise, indices and label dropout of the whole global batch."""
         from .losses import draw_randomness

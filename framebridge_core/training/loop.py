@@ -24,7 +24,7 @@ import torch
 
 from ..errors import ConfigError
 from ..families.latte.network import LatteConfig, LatteModel, LatteNeuralPrior
-from .networks import _inner, _Through, build_network, widen_input  # noqa: F401  (re-exported)
+from .networks import _inner, _Through, LatteNetworkTask, build_network, widen_input  # noqa: F401  (re-exported)
 from ..tiny.format import EXPORT_FILE, META_PREFIX, PREDICTS, PRESETS, TIMESTEP, load_trained, network_config, read_weights
 from ..tiny.variants import BRIDGE_KINDS, Schedules, check_kind
 from .losses import training_loss
@@ -215,7 +215,7 @@ def _identity(config: dict) -> dict:
     return {k: v for k, v in {**_ADDED, **config}.items() if k not in _RESUMABLE}
 
 
-class TinyTask:
+class TinyTask(LatteNetworkTask):
     """The pack's tiny Latte models (:mod:`framebridge_core.tiny.variants`) on a clip dataset.
 
     A *task* gives the loop its network (``net``: what is trained and wrapped; ``inner``: what
@@ -246,14 +246,6 @@ class TinyTask:
             self.neural_prior.requires_grad_(False)
         self.config, self.net, self.inner = config, net, inner
         self.sched = Schedules.default()
-
-    def to(self, device: torch.device) -> None:
-        self.net.to(device)
-        if self.neural_prior is not None:
-            self.neural_prior.to(device)
-
-    def blocks(self) -> list:
-        return list(self.inner.blocks)
 
     def draw(self, n: int, data_gen: torch.Generator, noise_gen: torch.Generator):
         """The plan of one global batch of ``n`` clips: which clips (rendered per shard) and the noise."""

@@ -63,3 +63,19 @@ class _Through:
 
 
 __all__ = ["build_network", "widen_input"]
+
+
+class LatteNetworkTask:
+    """What the training loop asks of a task whose networks are Latte ones (``net``, ``inner`` and an
+    optional frozen ``neural_prior``): the tiny task and the FrameBridge-Latte family task share it."""
+
+    neural_prior = None
+
+    def to(self, device: torch.device) -> None:
+        self.net.to(device)
+        if self.neural_prior is not None:
+            self.neural_prior.to(device)
+
+    def blocks(self) -> list:
+        """The transformer blocks that gradient checkpointing recomputes."""
+        return list(self.inner.blocks)
