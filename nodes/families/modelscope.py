@@ -34,9 +34,10 @@ class ModelScopeVideoModel(comfy.model_base.BaseModel):
     """A ModelScope UNet3D on frames-as-batch latents. ``num_video_frames`` is the latent batch, so
     ComfyUI's cond/uncond batching ([2F] rows) still gives the network whole videos."""
 
-    def __init__(self, model_config, device=None):
-        super().__init__(model_config, model_type=comfy.model_base.ModelType.EPS, device=device,
-                         unet_model=ModelScopeFrames)
+    unet_class = ModelScopeFrames  # the frames-as-batch network (VidRD's model sets its own)
+
+    def __init__(self, model_config, model_type=comfy.model_base.ModelType.EPS, device=None):
+        super().__init__(model_config, model_type=model_type, device=device, unet_model=self.unet_class)
 
     def extra_conds(self, **kwargs):
         out = super().extra_conds(**kwargs)

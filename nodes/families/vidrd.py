@@ -4,46 +4,27 @@ frames-as-batch; its text encoder is SD 2.1's OpenCLIP-H from a core CLIP loader
 
 from __future__ import annotations
 
-import torch
-
-import comfy.conds
-import comfy.latent_formats
 import comfy.model_base
-import comfy.supported_models_base
 
 from ...framebridge_core.checkpoints import load_weights_strict
 from ...framebridge_core.families.vidrd.checkpoint import V_PREDICTION, VidRDSpec, unet_state_dict
 from ...framebridge_core.families.vidrd.frames import VidRDFrames
 from ..common import comfy_attention, new_patcher
+from .modelscope import ModelScopeFamilyConfig, ModelScopeVideoModel
 
 #: attachment naming the VidRD spec of a loaded video MODEL
 ATTACHMENT = "bivdiff_video_model"
 
 
-class VidRDFamilyConfig(comfy.supported_models_base.BASE):
-    """VidRD: SD 2.1-base's schedule (scaled_linear 0.00085 -> 0.012, 1000 steps), SD VAE latents."""
-
-    unet_config = {}
-    unet_extra_config = {}
-    latent_format = comfy.latent_formats.SD15  # SD 2.x shares SD 1.x's VAE and scale 0.18215
-    sampling_settings = {}  # ModelSamplingDiscrete default: "linear" 0.00085 -> 0.012 (SD's scaled_linear)
-    supported_inference_dtypes = [torch.float16, torch.bfloat16, torch.float32]
-    memory_usage_factor = 2.0
+class VidRDFamilyConfig(ModelScopeFamilyConfig):
+    """VidRD: SD 2.1-base's schedule (scaled_linear 0.00085 -> 0.012, 1000 steps) and SD VAE latents (SD 2.x
+    shares SD 1.x's VAE and scale 0.18215): ModelScope's settings."""
 
 
-class VidRDVideoModel(comfy.model_base.BaseModel):
-    """A VidRD UNet on frames-as-batch latents. ``num_video_frames`` is the latent batch, so ComfyUI's
-    cond/uncond batching ([2F] rows) still gives the network whole videos."""
+class VidRDVideoModel(ModelScopeVideoModel):
+    """A VidRD UNet on frames-as-batch latents (ModelScope's video model with VidRD's network)."""
 
-    def __init__(self, model_config, model_type=comfy.model_base.ModelType.EPS, device=None):
-        super().__init__(model_config, model_type=model_type, device=device, unet_model=VidRDFrames)
-
-    def extra_conds(self, **kwargs):
-        out = super().extra_conds(**kwargs)
-        noise = kwargs.get("noise", None)
-        if noise is not None:
-            out["num_video_frames"] = comfy.conds.CONDConstant(noise.shape[0])
-        return out
+    unet_class = VidRDFrames
 
 
 def model_type_of(spec: VidRDSpec):
