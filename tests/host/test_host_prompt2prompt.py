@@ -16,6 +16,8 @@ import copy
 
 import pytest
 
+import test_host_bivdiff as B  # tests/host/test_host_bivdiff.py: its seeded stand-in for CLIPTextEncode
+
 pytestmark = pytest.mark.host
 
 NAME = "BIVDiff-ZeroScope-Prompt2Prompt-Edit"
@@ -76,24 +78,6 @@ class TokenizerClipNode:
         return (TokenizerClip(),)
 
 
-class RandomConditioning:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"width": ("INT", {"default": 768, "min": 1, "max": 4096}),
-                             "tokens": ("INT", {"default": 77, "min": 1, "max": 512}),
-                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
-
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "make"
-    CATEGORY = "testing"
-
-    def make(self, width, tokens, seed):
-        import torch
-
-        g = torch.Generator().manual_seed(seed)
-        return ([[torch.randn(1, tokens, width, generator=g), {}]],)
-
-
 @pytest.fixture(scope="module")
 def p2p_host(host):
     import av
@@ -140,7 +124,7 @@ def p2p_host(host):
         for packet in stream.encode():
             container.mux(packet)
 
-    host.nodes.NODE_CLASS_MAPPINGS[STUB_COND] = RandomConditioning
+    host.nodes.NODE_CLASS_MAPPINGS[STUB_COND] = B.RandomConditioning
     host.nodes.NODE_CLASS_MAPPINGS[STUB_CLIP] = TokenizerClipNode
     try:
         yield host
